@@ -1,0 +1,17 @@
+#!/bin/sh
+# One entrypoint, one job per container:
+#   serve     the MLflow tracking server (default)
+#   secrets   generate missing secrets into the secrets volume (one-shot)
+#   bucket    create the artifact bucket if missing (one-shot)
+#   migrate   create or upgrade the tracking and auth schemas (one-shot)
+#   health    exit 0 when the server answers /health (used by the health check)
+# Anything else is executed as given (e.g. `mlflow --version`).
+set -eu
+cmd=${1:-serve}
+case "$cmd" in
+  serve|secrets|bucket|migrate|health)
+    shift || true
+    exec python -m "stack_ops.$cmd" "$@" ;;
+  *)
+    exec "$@" ;;
+esac

@@ -1,0 +1,1 @@
+"""Small, single-purpose jobs the mlflow-server image runs (see entrypoint.sh)."""

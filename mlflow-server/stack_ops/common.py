@@ -1,0 +1,107 @@
+"""Settings and secrets shared by the stack's jobs.
+
+Every setting comes from the environment compose passes in; every secret from
+a file the `secrets` job wrote into the secrets volume.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+SECRETS_DIR = Path(os.environ.get("STACK_SECRETS_DIR", "/run/secrets"))
+
+
+def log(job: str, message: str) -> None:
+    print(f"[{job}] {message}", flush=True)
+
+
+def die(job: str, message: str) -> int:
+    print(f"[{job}] error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+class StackError(Exception):
+    """A problem the operator must fix; its message says how."""
+
+
+def read_secret(name: str) -> str:
+    path = SECRETS_DIR / name
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        raise StackError(
+            f"secret {path} is missing: the `secrets` job must run first (docker compose up runs it)"
+        ) from None
+    if not value:
+        raise StackError(f"secret {path} is empty")
+    return value
+
+
+def env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    postgres_host: str
+    postgres_port: str
+    tracking_db: str
+    tracking_user: str
+    auth_db: str
+    auth_user: str
+    s3_endpoint: str
+    bucket: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            postgres_host=env("POSTGRES_HOST", "postgres"),
+            postgres_port=env("POSTGRES_PORT", "5432"),
+            tracking_db=env("MLFLOW_DB_NAME", "mlflow"),
+            tracking_user=env("MLFLOW_DB_USER", "mlflow"),
+            auth_db=env("MLFLOW_AUTH_DB_NAME", "mlflow_auth"),
+            auth_user=env("MLFLOW_AUTH_DB_USER", "mlflow_auth"),
+            s3_endpoint=env("S3_ENDPOINT_URL", "http://s3:9000"),
+            bucket=env("S3_BUCKET", "mlflow"),
+        )
+
+    def _pg_uri(self, user: str, password: str, db: str) -> str:
+        # SQLAlchemy 2.1 defaults to psycopg 3 for postgresql://; name psycopg2.
+        return (
+            f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@{self.postgres_host}:{self.postgres_port}/{db}"
+        )
+
+    def tracking_uri(self) -> str:
+        return self._pg_uri(self.tracking_user, read_secret("mlflow_db_password"), self.tracking_db)
+
+    def auth_uri(self) -> str:
+        return self._pg_uri(self.auth_user, read_secret("auth_db_password"), self.auth_db)
+
+    def s3_env(self) -> dict[str, str]:
+        """What boto3 (and MLflow's S3 artifact repository) needs to reach the store."""
+        return {
+            "AWS_ACCESS_KEY_ID": read_secret("s3_access_key"),
+            "AWS_SECRET_ACCESS_KEY": read_secret("s3_secret_key"),
+            "AWS_DEFAULT_REGION": env("AWS_DEFAULT_REGION", "us-east-1"),
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+        }
+
+    def s3_client(self):  # -> botocore client; boto3 is imported lazily
+        import boto3
+        from botocore.config import Config
+
+        creds = self.s3_env()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+            region_name=creds["AWS_DEFAULT_REGION"],
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        )

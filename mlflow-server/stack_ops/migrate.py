@@ -1,0 +1,67 @@
+"""Create or upgrade the tracking and auth schemas before the server starts.
+
+Safe on every start: an empty database gets MLflow's tables, an older schema is
+upgraded, an up-to-date one is left alone.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from stack_ops.common import Settings, StackError, die, log
+
+JOB = "migrate"
+
+
+def migrate_tracking(uri: str) -> None:
+    from mlflow.store.db.utils import (
+        _all_tables_exist,
+        _get_latest_schema_revision,
+        _get_schema_version,
+        _initialize_tables,
+        _upgrade_db,
+        create_sqlalchemy_engine_with_retry,
+    )
+
+    engine = create_sqlalchemy_engine_with_retry(uri)
+    try:
+        if not _all_tables_exist(engine):
+            log(JOB, "tracking database is empty: creating MLflow's tables")
+            _initialize_tables(engine)
+        else:
+            before = _get_schema_version(engine)
+            head = _get_latest_schema_revision()
+            if before == head:
+                log(JOB, f"tracking schema is current ({head})")
+            else:
+                log(JOB, f"upgrading tracking schema {before} -> {head}")
+                _upgrade_db(engine)
+        log(JOB, f"tracking schema at {_get_schema_version(engine)}")
+    finally:
+        engine.dispose()
+
+
+def migrate_auth(uri: str) -> None:
+    import sqlalchemy
+    from mlflow.server.auth.db import utils
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        utils.migrate(engine, "head")
+        log(JOB, "auth schema at head")
+    finally:
+        engine.dispose()
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    try:
+        migrate_tracking(settings.tracking_uri())
+        migrate_auth(settings.auth_uri())
+    except StackError as e:
+        return die(JOB, str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

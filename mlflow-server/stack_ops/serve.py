@@ -1,0 +1,94 @@
+"""Start `mlflow server` with the stack's settings and secrets.
+
+PostgreSQL backend store, artifacts proxied to the S3 bucket (clients never
+need S3 credentials), MLflow's basic-auth app with its user store in its own
+database, and a Host allow-list built from the hostnames the operator serves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from stack_ops.common import Settings, StackError, die, env, log, read_secret
+
+JOB = "serve"
+AUTH_INI = Path("/tmp/mlflow-auth/basic_auth.ini")
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+
+def default_workers() -> int:
+    # One uvicorn worker per core, at least 2 (one slow request must not stall
+    # the UI), at most 4 (each idles at about 250 MB).
+    return min(4, max(2, os.cpu_count() or 2))
+
+
+def allowed_hosts(hostnames: str) -> str:
+    """Host header patterns MLflow accepts: each public name, with any port,
+    plus the internal names the health check and sibling containers use."""
+    names = [h.strip() for h in hostnames.split(",") if h.strip()]
+    names += ["mlflow-server", "127.0.0.1", "localhost"]
+    patterns: list[str] = []
+    for name in dict.fromkeys(names):
+        patterns += [name, f"{name}:*"]
+    return ",".join(patterns)
+
+
+def ini_escape(value: str) -> str:
+    return value.replace("%", "%%")  # configparser interpolation
+
+
+def write_auth_config(settings: Settings, permission: str, cache_ttl: str) -> None:
+    AUTH_INI.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    AUTH_INI.write_text(
+        "[mlflow]\n"
+        f"default_permission = {permission}\n"
+        f"database_uri = {ini_escape(settings.auth_uri())}\n"
+        f"admin_username = {ini_escape(env('MLFLOW_ADMIN_USERNAME', 'admin'))}\n"
+        f"admin_password = {ini_escape(read_secret('mlflow_admin_password'))}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_ttl}\n"
+    )
+    AUTH_INI.chmod(0o600)
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    permission = env("MLFLOW_DEFAULT_PERMISSION", "READ").upper()
+    if permission not in PERMISSIONS:
+        return die(JOB, f"MLFLOW_DEFAULT_PERMISSION={permission} is not one of {', '.join(PERMISSIONS)}")
+    cache_ttl = env("MLFLOW_AUTH_CACHE_TTL_SECONDS", "60")
+    workers = env("MLFLOW_WORKERS", str(default_workers()))
+    for name, value in (("MLFLOW_AUTH_CACHE_TTL_SECONDS", cache_ttl), ("MLFLOW_WORKERS", workers)):
+        if not value.isdigit():
+            return die(JOB, f"{name}={value} is not a whole number")
+
+    try:
+        write_auth_config(settings, permission, cache_ttl)
+        os.environ.update(settings.s3_env())
+        os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
+        tracking_uri = settings.tracking_uri()
+    except StackError as e:
+        return die(JOB, str(e))
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_INI)
+
+    hosts = allowed_hosts(env("MLFLOW_PUBLIC_HOSTNAMES", "localhost,127.0.0.1"))
+    args = [
+        "mlflow", "server",
+        "--host", "0.0.0.0",
+        "--port", "5000",
+        "--workers", workers,
+        "--backend-store-uri", tracking_uri,
+        "--serve-artifacts",
+        "--artifacts-destination", f"s3://{settings.bucket}/",
+        "--app-name", "basic-auth",
+        "--allowed-hosts", hosts,
+    ]  # fmt: skip
+    log(JOB, f"starting mlflow server: {workers} workers, artifacts in s3://{settings.bucket}/, hosts {hosts}")
+    os.execvp(args[0], args)
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Drive one copy of the stack with `docker compose` (a project of its own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG_RUNNING = ("postgres", "mlflow-server", "nginx")
+ONE_SHOT = ("secrets", "bucket", "migrate")
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or earlier run) uses."""
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@dataclass
+class Stack:
+    project: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "--project-name", self.project, *args]
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def up(self) -> None:
+        self.compose("up", "--detach", "--wait", "--wait-timeout", "300")
+
+    def services(self) -> list[str]:
+        return self.compose("config", "--services").stdout.split()
+
+    @property
+    def s3_service(self) -> str:
+        names = self.services()
+        return "seaweedfs" if "seaweedfs" in names else "minio"
+
+    def secret(self, name: str) -> str:
+        return self.compose("exec", "-T", "mlflow-server", "cat", f"/run/secrets/{name}").stdout.strip()
+
+    def python_in(self, service: str, code: str) -> str:
+        """Run Python inside a running service of the stack (its network, its env)."""
+        return self.compose("exec", "-T", service, "python", "-c", code).stdout
+
+    def containers(self) -> list[dict]:
+        out = self.compose("ps", "--all", "--format", "json").stdout.strip()
+        if not out:
+            return []
+        if out.startswith("["):
+            return json.loads(out)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_http_ok(self, path: str = "/health", timeout: float = 120) -> None:
+        """Poll the front door until `path` answers 200, or fail saying what we waited for."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                r = requests.get(self.url + path, timeout=5)
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code}"
+            except requests.RequestException as e:
+                last = str(e)
+            time.sleep(1)
+        raise TimeoutError(f"{self.url}{path} not OK after {timeout:.0f}s (last: {last})")
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--timestamps", check=False).stdout

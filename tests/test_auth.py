@@ -1,0 +1,54 @@
+"""Basic auth is on: no account, no access; the generated admin works."""
+
+from __future__ import annotations
+
+import mlflow
+import requests
+from stack import Stack
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
+
+
+def test_no_credentials_is_401(stack: Stack) -> None:
+    r = requests.get(stack.url + SEARCH, timeout=10)
+    assert r.status_code == 401
+    assert "not authenticated" in r.text.lower()
+    assert "experiments" not in r.text
+
+
+def test_wrong_password_is_401(stack: Stack, admin: tuple[str, str]) -> None:
+    r = requests.get(stack.url + SEARCH, auth=(admin[0], admin[1] + "x"), timeout=10)
+    assert r.status_code == 401
+    assert "experiments" not in r.text
+
+
+def test_unknown_user_is_401(stack: Stack, admin: tuple[str, str]) -> None:
+    r = requests.get(stack.url + SEARCH, auth=("nobody-here", admin[1]), timeout=10)
+    assert r.status_code == 401
+
+
+def test_admin_account_works(stack: Stack, http: requests.Session, admin: tuple[str, str]) -> None:
+    r = http.get(stack.url + SEARCH, timeout=10)
+    assert r.status_code == 200
+    names = [e["name"] for e in r.json()["experiments"]]
+    assert "Default" in names
+    me = http.get(f"{stack.url}/api/2.0/mlflow/users/get", params={"username": admin[0]}, timeout=10)
+    assert me.status_code == 200
+    assert me.json()["user"]["is_admin"] is True
+
+
+def test_client_with_env_credentials_works(tracking: None) -> None:
+    client = mlflow.MlflowClient()
+    assert client.get_experiment("0").name == "Default"
+
+
+def test_generated_admin_password_is_strong(admin: tuple[str, str]) -> None:
+    password = admin[1]
+    assert len(password) >= 24
+    assert password not in ("password1234", "admin", "password")
+
+
+def test_foreign_host_header_is_refused(stack: Stack, http: requests.Session) -> None:
+    r = http.get(stack.url + SEARCH, headers={"Host": "evil.example"}, timeout=10)
+    assert r.status_code == 403
+    assert "Invalid Host header" in r.text

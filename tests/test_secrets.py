@@ -1,0 +1,78 @@
+"""Secrets: generated per stack, kept across runs, never weak, not world-readable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from stack import Stack, unique
+
+NAMES = (
+    "postgres_password",
+    "mlflow_db_password",
+    "auth_db_password",
+    "s3_access_key",
+    "s3_secret_key",
+    "mlflow_admin_password",
+    "flask_secret_key",
+)
+DUMP = (
+    "import json, pathlib; d = pathlib.Path('/secrets'); "
+    "print(json.dumps({p.name: p.read_text().strip() for p in d.iterdir() if not p.name.startswith('.')}))"
+)
+MODES = (
+    "import json, pathlib; d = pathlib.Path('/run/secrets'); "
+    "print(json.dumps({p.name: oct(p.stat().st_mode & 0o777) for p in d.iterdir()}))"
+)
+
+
+@pytest.fixture
+def other(stack: Stack):
+    """A second, fresh copy of the stack's secrets job (own project, own volume)."""
+    other = Stack(project=unique("mlflowsecrets").replace("-", ""), port=0, env=dict(stack.env))
+    yield other
+    other.compose("down", "--volumes", check=False)
+
+
+def dump(s: Stack, *env: str) -> dict[str, str]:
+    args = [a for e in env for a in ("-e", e)]
+    s.compose("run", "--rm", "--no-deps", *args, "secrets")
+    out = s.compose("run", "--rm", "--no-deps", "--entrypoint", "python", "secrets", "-c", DUMP).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_every_secret_generated_with_private_modes(stack: Stack) -> None:
+    modes = json.loads(stack.python_in("mlflow-server", MODES))
+    assert set(NAMES) <= set(modes)
+    assert all(mode == "0o440" for mode in modes.values()), modes
+
+
+def test_two_fresh_stacks_never_share_secrets(stack: Stack, other: Stack) -> None:
+    mine = {name: stack.secret(name) for name in NAMES}
+    theirs = dump(other)
+    assert set(theirs) == set(NAMES)
+    for name in NAMES:
+        assert len(theirs[name]) >= 20
+        assert theirs[name] != mine[name], f"{name} is shared between two fresh stacks"
+    # Idempotent: running the job again keeps every value.
+    assert dump(other) == theirs
+
+
+@pytest.mark.parametrize("value", ["password1234", "minioadmin", "short"])
+def test_weak_override_is_refused_and_changes_nothing(other: Stack, value: str) -> None:
+    first = dump(other)
+    proc = other.compose("run", "--rm", "--no-deps", "-e", f"MLFLOW_ADMIN_PASSWORD={value}", "secrets", check=False)
+    assert proc.returncode != 0
+    assert "MLFLOW_ADMIN_PASSWORD" in proc.stderr
+    assert "generated" not in proc.stdout
+    assert dump(other) == first
+
+
+def test_strong_override_from_env_wins(other: Stack) -> None:
+    first = dump(other)
+    chosen = "Operator-Chosen-" + "x7Q" * 6
+    after = dump(other, f"MLFLOW_ADMIN_PASSWORD={chosen}")
+    assert after["mlflow_admin_password"] == chosen
+    assert {k: v for k, v in after.items() if k != "mlflow_admin_password"} == {
+        k: v for k, v in first.items() if k != "mlflow_admin_password"
+    }
