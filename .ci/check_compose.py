@@ -15,7 +15,7 @@ VARIANTS = {
     "default (MinIO)": ["compose.yaml"],
     "SeaweedFS": ["compose.yaml", "compose.seaweedfs.yaml"],
 }
-ONE_SHOT = {"secrets", "bucket", "migrate"}
+ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer"}
 EXACT_TAG = re.compile(r"^[\w./-]+(:[\w][\w.-]*)$")
 
 

@@ -4,12 +4,13 @@
 #   secrets   generate missing secrets into the secrets volume (one-shot)
 #   bucket    create the artifact bucket if missing (one-shot)
 #   migrate   create or upgrade the tracking and auth schemas (one-shot)
+#   accounts  ensure the service accounts (the trainer's) exist (one-shot)
 #   health    exit 0 when the server answers /health (used by the health check)
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
-  serve|secrets|bucket|migrate|health)
+  serve|secrets|bucket|migrate|accounts|health)
     shift || true
     exec python -m "stack_ops.$cmd" "$@" ;;
   *)

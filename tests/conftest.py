@@ -56,6 +56,9 @@ def stack(request) -> Iterator[Stack]:
     stack.env["HTTP_PORT"] = str(stack.port)
     try:
         stack.up()
+        # `up` starts the trainer's sweep; let it finish so every test sees the
+        # same platform (its result is asserted in test_trainer.py).
+        stack.wait_exited("trainer")
         yield stack
     finally:
         failed = getattr(request.session, "stack_failed", False) or request.session.testsfailed

@@ -14,7 +14,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_RUNNING = ("postgres", "mlflow-server", "nginx")
-ONE_SHOT = ("secrets", "bucket", "migrate")
+ONE_SHOT = ("secrets", "bucket", "migrate", "accounts")
 
 
 def unique(prefix: str) -> str:
@@ -71,6 +71,19 @@ class Stack:
         if out.startswith("["):
             return json.loads(out)
         return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait_exited(self, service: str, timeout: float = 900) -> int:
+        """Poll until the one-shot `service` has exited; return its exit code."""
+        deadline = time.monotonic() + timeout
+        state = "not created"
+        while time.monotonic() < deadline:
+            found = [c for c in self.containers() if c["Service"] == service]
+            if found:
+                state = found[0]["State"]
+                if state == "exited":
+                    return int(found[0]["ExitCode"])
+            time.sleep(2)
+        raise TimeoutError(f"{service} still {state} after {timeout:.0f}s")
 
     def wait_http_ok(self, path: str = "/health", timeout: float = 120) -> None:
         """Poll the front door until `path` answers 200, or fail saying what we waited for."""

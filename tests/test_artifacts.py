@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import mlflow
+
 from stack import Stack, unique
 
 SIZE = 64 * 1024 * 1024  # at least 50 MB, not a multiple of any chunk size below

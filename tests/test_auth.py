@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+
 import mlflow
 import requests
-from stack import Stack
+
+from stack import Stack, unique
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
 
@@ -52,3 +55,29 @@ def test_foreign_host_header_is_refused(stack: Stack, http: requests.Session) ->
     r = http.get(stack.url + SEARCH, headers={"Host": "evil.example"}, timeout=10)
     assert r.status_code == 403
     assert "Invalid Host header" in r.text
+
+
+def test_admin_creates_a_teammate_who_can_log_runs(stack: Stack, admin: tuple[str, str], monkeypatch) -> None:
+    # The README's recipe for adding a teammate.
+    from mlflow.server import get_app_client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin[1])
+    auth = get_app_client("basic-auth", tracking_uri=stack.url)
+    username, password = unique("alice"), secrets.token_urlsafe(18)
+    auth.create_user(username=username, password=password)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    client = mlflow.MlflowClient()
+    exp_id = client.create_experiment(unique("alice-exp"))
+    run = client.create_run(exp_id)
+    client.log_metric(run.info.run_id, "auc", 0.8)
+    assert client.get_run(run.info.run_id).data.metrics == {"auc": 0.8}
+
+    # A teammate is not an admin: managing users is refused.
+    r = requests.get(
+        f"{stack.url}/api/2.0/mlflow/users/get", params={"username": admin[0]}, auth=(username, password), timeout=10
+    )
+    assert r.status_code == 403

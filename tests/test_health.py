@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import requests
+
 from stack import LONG_RUNNING, ONE_SHOT, Stack
 
 

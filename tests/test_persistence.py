@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
+
 from stack import Stack, unique
 
 ROWS = pd.DataFrame({"a": np.arange(50, dtype=float), "b": np.arange(50, dtype=float) % 7})

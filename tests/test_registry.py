@@ -8,6 +8,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
+
 from stack import unique
 
 

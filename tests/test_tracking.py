@@ -6,6 +6,7 @@ import time
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+
 from stack import unique
 
 

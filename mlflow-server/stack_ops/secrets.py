@@ -49,6 +49,7 @@ SPECS = (
     Spec("s3_secret_key", "S3_SECRET_KEY", _URLSAFE, 40),
     Spec("mlflow_admin_password", "MLFLOW_ADMIN_PASSWORD", _URLSAFE, 24),
     Spec("flask_secret_key", "MLFLOW_FLASK_SECRET_KEY", _URLSAFE, 48),
+    Spec("trainer_password", "MLFLOW_TRAINER_PASSWORD", _URLSAFE, 24),
 )
 
 

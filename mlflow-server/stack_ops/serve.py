@@ -26,9 +26,9 @@ def default_workers() -> int:
 
 def allowed_hosts(hostnames: str) -> str:
     """Host header patterns MLflow accepts: each public name, with any port,
-    plus the internal names the health check and sibling containers use."""
+    plus the internal names the health check and the trainer (via nginx) use."""
     names = [h.strip() for h in hostnames.split(",") if h.strip()]
-    names += ["mlflow-server", "127.0.0.1", "localhost"]
+    names += ["mlflow-server", "nginx", "127.0.0.1", "localhost"]
     patterns: list[str] = []
     for name in dict.fromkeys(names):
         patterns += [name, f"{name}:*"]

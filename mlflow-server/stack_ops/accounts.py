@@ -1,0 +1,59 @@
+"""Ensure the stack's service accounts exist in the auth store (idempotent).
+
+The trainer gets its own non-admin account, `trainer`, whose password is the
+generated `trainer_password` secret. Only that password is copied into the
+`trainer-credentials` volume, so the trainer container never sees the stack's
+other secrets. Runs before the server starts (directly against the auth
+database, after `migrate`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from stack_ops.common import Settings, StackError, die, env, log, read_secret
+
+JOB = "accounts"
+CREDENTIALS_DIR = Path(os.environ.get("TRAINER_CREDENTIALS_DIR", "/trainer-credentials"))
+
+
+def ensure_user(store, username: str, password: str) -> str:
+    if not store.has_user(username, use_primary=True):
+        store.create_user(username, password, is_admin=False)
+        return "created"
+    if not store.authenticate_user(username, password, use_primary=True):
+        store.update_user(username, password=password)
+        return "password updated"
+    return "unchanged"
+
+
+def main() -> int:
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    settings = Settings.from_env()
+    username = env("MLFLOW_TRAINER_USERNAME", "trainer")
+    try:
+        password = read_secret("trainer_password")
+        store = SqlAlchemyStore()
+        store.init_db(settings.auth_uri())
+    except StackError as e:
+        return die(JOB, str(e))
+    if username == env("MLFLOW_ADMIN_USERNAME", "admin"):
+        return die(JOB, "MLFLOW_TRAINER_USERNAME must differ from the admin username")
+    state = ensure_user(store, username, password)
+    log(JOB, f"service account {username!r}: {state} (not an admin)")
+
+    if CREDENTIALS_DIR.is_dir():
+        target = CREDENTIALS_DIR / "password"
+        tmp = CREDENTIALS_DIR / ".password.tmp"
+        tmp.write_text(password + "\n")
+        tmp.chmod(0o440)
+        tmp.replace(target)
+        log(JOB, "trainer credentials written to the trainer-credentials volume")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
