@@ -15,7 +15,7 @@ VARIANTS = {
     "default (MinIO)": ["compose.yaml"],
     "SeaweedFS": ["compose.yaml", "compose.seaweedfs.yaml"],
 }
-ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer"}
+ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer", "ops"}
 EXACT_TAG = re.compile(r"^[\w./-]+(:[\w][\w.-]*)$")
 
 

@@ -6,11 +6,12 @@
 #   migrate   create or upgrade the tracking and auth schemas (one-shot)
 #   accounts  ensure the service accounts (the trainer's) exist (one-shot)
 #   health    exit 0 when the server answers /health (used by the health check)
+#   objects   copy the bucket to/from a directory (backup and restore)
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
-  serve|secrets|bucket|migrate|accounts|health)
+  serve|secrets|bucket|migrate|accounts|health|objects)
     shift || true
     exec python -m "stack_ops.$cmd" "$@" ;;
   *)

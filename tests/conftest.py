@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +22,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from stack import ROOT, Stack  # noqa: E402
+from stack import ROOT, Stack, free_port  # noqa: E402
 
 LOG_DIR = ROOT / "tests" / ".logs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pytest_runtest_makereport(item, call):  # record failures for the teardown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 LONG_RUNNING = ("postgres", "mlflow-server", "nginx")
 ONE_SHOT = ("secrets", "bucket", "migrate", "accounts")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def unique(prefix: str) -> str:

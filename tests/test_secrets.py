@@ -16,6 +16,7 @@ NAMES = (
     "s3_secret_key",
     "mlflow_admin_password",
     "flask_secret_key",
+    "trainer_password",
 )
 DUMP = (
     "import json, pathlib; d = pathlib.Path('/secrets'); "

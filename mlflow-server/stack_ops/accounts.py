@@ -5,6 +5,10 @@ generated `trainer_password` secret. Only that password is copied into the
 `trainer-credentials` volume, so the trainer container never sees the stack's
 other secrets. Runs before the server starts (directly against the auth
 database, after `migrate`).
+
+`--sync-admin` also sets the admin's password to the `mlflow_admin_password`
+secret (scripts/restore uses it: a restored user store keeps everyone's
+logins but the stack's own accounts follow this stack's secrets).
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ def ensure_user(store, username: str, password: str) -> str:
     return "unchanged"
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    if argv not in ([], ["--sync-admin"]):
+        return die(JOB, "usage: accounts [--sync-admin]")
 
     settings = Settings.from_env()
     username = env("MLFLOW_TRAINER_USERNAME", "trainer")
@@ -44,6 +51,13 @@ def main() -> int:
         return die(JOB, "MLFLOW_TRAINER_USERNAME must differ from the admin username")
     state = ensure_user(store, username, password)
     log(JOB, f"service account {username!r}: {state} (not an admin)")
+    if argv == ["--sync-admin"]:
+        admin = env("MLFLOW_ADMIN_USERNAME", "admin")
+        admin_password = read_secret("mlflow_admin_password")
+        if not store.has_user(admin, use_primary=True):
+            store.create_user(admin, admin_password, is_admin=True)
+        store.update_user(admin, password=admin_password, is_admin=True)
+        log(JOB, f"admin {admin!r}: password set from the secrets volume")
 
     if CREDENTIALS_DIR.is_dir():
         target = CREDENTIALS_DIR / "password"
@@ -56,4 +70,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

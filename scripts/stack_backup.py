@@ -1,0 +1,201 @@
+"""Back up and restore the whole stack: both databases, every artifact, a manifest.
+
+    scripts/backup  [--out DIR]              one timestamped archive, while serving
+    scripts/restore ARCHIVE [--force]        into a fresh, empty stack; verified
+
+The archive (mlflow-backup-<UTC time>.tar.gz) holds:
+    mlflow.dump, mlflow_auth.dump   pg_dump custom format, made by the postgres container
+    objects/<key>, objects.json     every object of the bucket, with size and sha256
+    manifest.json                   MLflow version, row counts, sha256 of every file above
+
+Runs `docker compose` in the repository (COMPOSE_FILE / COMPOSE_PROJECT_NAME apply).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASES = {"mlflow": "mlflow", "mlflow_auth": "mlflow_auth"}  # database -> owner role
+COUNTS = {
+    "experiments": ("mlflow", "SELECT count(*) FROM experiments"),
+    "runs": ("mlflow", "SELECT count(*) FROM runs"),
+    "metrics": ("mlflow", "SELECT count(*) FROM metrics"),
+    "registered_models": ("mlflow", "SELECT count(*) FROM registered_models"),
+    "model_versions": ("mlflow", "SELECT count(*) FROM model_versions"),
+    "aliases": ("mlflow", "SELECT count(*) FROM registered_model_aliases"),
+    "users": ("mlflow_auth", "SELECT count(*) FROM users"),
+}
+
+
+class BackupError(Exception):
+    """Something the operator must look at; nothing was changed."""
+
+
+def log(message: str) -> None:
+    print(f"[backup] {message}", flush=True)
+
+
+def compose(*args: str, stdin=None, stdout=None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        ["docker", "compose", *args],
+        cwd=ROOT,
+        stdin=stdin,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=stdout is None and stdin is None,
+    )
+    if check and proc.returncode != 0:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+        raise BackupError(f"docker compose {' '.join(args[:3])} failed: {err.strip()[-500:]}")
+    return proc
+
+
+def sql(db: str, query: str) -> str:
+    return compose("exec", "-T", "postgres", "psql", "-U", "postgres", "-d", db, "-tAc", query).stdout.strip()
+
+
+def counts() -> dict[str, int]:
+    return {name: int(sql(db, query)) for name, (db, query) in COUNTS.items()}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ops(workdir: Path, *args: str) -> str:
+    workdir.chmod(0o777)  # the ops container runs as uid 10001
+    return compose("run", "--rm", "--no-deps", "-T", "-v", f"{workdir}:/work", "ops", "objects", *args).stdout
+
+
+def mlflow_version() -> str:
+    out = compose("exec", "-T", "mlflow-server", "python", "-c", "import mlflow; print(mlflow.__version__)")
+    return out.stdout.strip()
+
+
+def backup(out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    with tempfile.TemporaryDirectory(prefix="mlflow-backup-") as tmp:
+        work = Path(tmp)
+        for db in DATABASES:
+            with (work / f"{db}.dump").open("wb") as f:
+                compose("exec", "-T", "postgres", "pg_dump", "-U", "postgres", "-Fc", "-d", db, stdout=f)
+            log(f"dumped database {db}")
+        manifest = {"created": stamp, "mlflow_version": mlflow_version(), "counts": counts()}
+        ops(work, "export", "/work")
+        objects = json.loads((work / "objects.json").read_text())
+        manifest["objects"] = len(objects)
+        manifest["files"] = {str(p.relative_to(work)): sha256_file(p) for p in sorted(work.rglob("*")) if p.is_file()}
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        archive = out_dir / f"mlflow-backup-{stamp}.tar.gz"
+        partial = archive.with_suffix(".partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            for p in sorted(work.iterdir()):
+                tar.add(p, arcname=p.name)
+        partial.replace(archive)
+    log(f"wrote {archive} ({archive.stat().st_size} bytes): {manifest['counts']}, {manifest['objects']} objects")
+    return archive
+
+
+def unpack_and_verify(archive: Path, work: Path) -> dict:
+    """Extract the archive and check every file against the manifest, or raise."""
+    if not archive.is_file():
+        raise BackupError(f"{archive}: no such file")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(work, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise BackupError(f"{archive} is not a complete backup archive ({type(e).__name__}: {e})") from None
+    try:
+        manifest = json.loads((work / "manifest.json").read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError):
+        raise BackupError(f"{archive} has no readable manifest.json") from None
+    for name, digest in files.items():
+        path = work / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise BackupError(f"{archive}: {name} is missing or does not match the manifest")
+    return manifest
+
+
+def restore(archive: Path, force: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="mlflow-restore-") as tmp:
+        work = Path(tmp)
+        manifest = unpack_and_verify(archive, work)
+        log(f"archive verified: {manifest['counts']}, {manifest['objects']} objects")
+        log(f"made by MLflow {manifest['mlflow_version']}")
+
+        # Preflight: the target must be empty unless told otherwise.
+        current = counts()
+        stored = json.loads(ops(work, "list").strip().splitlines()[-1])
+        if not force and (current["runs"] or current["model_versions"] or stored):
+            raise BackupError(
+                f"the stack is not empty ({current['runs']} runs, {current['model_versions']} model versions, "
+                f"{len(stored)} objects); restore into a fresh stack or pass --force to overwrite"
+            )
+
+        compose("stop", "trainer", "mlflow-server", "nginx")
+        for db, owner in DATABASES.items():
+            with (work / f"{db}.dump").open("rb") as f:
+                compose(
+                    "exec", "-T", "postgres", "pg_restore", "-U", "postgres", "-d", db,
+                    "--clean", "--if-exists", "--no-owner", f"--role={owner}", "--single-transaction",
+                    stdin=f, stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+            log(f"restored database {db}")
+        ops(work, "import", "/work")
+        # Logins restored as they were, except the stack's own accounts, which
+        # follow this stack's secrets (the admin login stays what the README prints).
+        compose("run", "--rm", "--no-deps", "accounts", "accounts", "--sync-admin")
+        compose("up", "--detach", "--wait", "nginx")
+
+        after = counts()
+        if after != manifest["counts"]:
+            raise BackupError(f"restored counts {after} differ from the manifest {manifest['counts']}")
+        objects = json.loads(ops(work, "list").strip().splitlines()[-1])
+        expected = json.loads((work / "objects.json").read_text())
+        if any(objects.get(k) != v for k, v in expected.items()):
+            raise BackupError("restored objects differ from the manifest")
+        log(f"restore verified: {after}, {len(expected)} objects")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("backup", help="write one timestamped archive")
+    b.add_argument("--out", type=Path, default=Path(os.environ.get("BACKUP_DIR", ROOT / "backups")))
+    r = sub.add_parser("restore", help="restore an archive into an empty stack and verify it")
+    r.add_argument("archive", type=Path)
+    r.add_argument("--force", action="store_true", help="overwrite a stack that already has data")
+    args = parser.parse_args(argv)
+    if shutil.which("docker") is None:
+        print("[backup] error: docker is not installed", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "backup":
+            backup(args.out.resolve())
+        else:
+            restore(args.archive.resolve(), args.force)
+    except BackupError as e:
+        print(f"[backup] error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Backup while serving, restore into a fresh stack, everything identical; bad archives refused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import subprocess
+import tarfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from mlflow.server import get_app_client
+from sklearn.linear_model import LogisticRegression
+
+from stack import ROOT, Stack, free_port, unique
+
+ROWS = pd.DataFrame({"x1": np.linspace(0, 1, 40), "x2": np.linspace(1, 0, 40) ** 2})
+
+
+def script(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **stack.env, "COMPOSE_PROJECT_NAME": stack.project}
+    return subprocess.run(
+        [str(ROOT / "scripts" / args[0]), *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def use(stack: Stack, user: str, password: str, monkeypatch) -> mlflow.MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    return mlflow.MlflowClient()
+
+
+def snapshot(client: mlflow.MlflowClient, ids: dict, tmp: Path) -> dict:
+    run = client.get_run(ids["run_id"])
+    blob = mlflow.artifacts.download_artifacts(run_id=ids["run_id"], artifact_path="blob.bin", dst_path=str(tmp))
+    model = mlflow.pyfunc.load_model(f"models:/{ids['model']}@champion")
+    return {
+        "metrics": run.data.metrics,
+        "history": [(m.step, m.value) for m in client.get_metric_history(ids["run_id"], "loss")],
+        "blob": hashlib.sha256(Path(blob).read_bytes()).hexdigest(),
+        "alias": client.get_model_version_by_alias(ids["model"], "champion").version,
+        "predictions": np.asarray(model.predict(ROWS)).tolist(),
+    }
+
+
+@pytest.fixture(scope="module")
+def target(stack: Stack):
+    """A second, fresh, empty stack (own project, own volumes): the restore target."""
+    other = Stack(project=unique("mlflowrestore").replace("-", ""), port=free_port(), env=dict(stack.env))
+    other.env["HTTP_PORT"] = str(other.port)
+    try:
+        other.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx")  # no trainer: stays empty
+        yield other
+    finally:
+        other.compose("down", "--volumes", check=False)
+
+
+def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypatch, tmp_path: Path) -> None:
+    client = use(stack, *admin, monkeypatch)
+    name, user, password = unique("backup-model"), unique("carol"), secrets.token_urlsafe(16)
+    get_app_client("basic-auth", tracking_uri=stack.url).create_user(username=user, password=password)
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+    mlflow.set_experiment(unique("backup"))
+    with mlflow.start_run() as run:
+        for step in range(25):
+            mlflow.log_metric("loss", 1 / (step + 1), step=step)
+        mlflow.log_artifact(str(blob))
+        mlflow.sklearn.log_model(
+            LogisticRegression().fit(ROWS, ROWS["x1"] > 0.5), name="model", registered_model_name=name
+        )
+    client.set_registered_model_alias(name, "champion", "1")
+    ids = {"run_id": run.info.run_id, "model": name}
+    before = snapshot(client, ids, tmp_path / "before")
+
+    made = script(stack, "backup", "--out", str(tmp_path / "archives"))
+    assert made.returncode == 0, made.stderr
+    archive = next((tmp_path / "archives").glob("mlflow-backup-*.tar.gz"))
+
+    # A truncated archive, a tampered one, and a non-empty target are all refused.
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(archive) as src, tarfile.open(tampered, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name == "objects.json":
+                data = data.replace(b"}", b" }", 1)
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    target_admin = ("admin", target.secret("mlflow_admin_password"))
+    empty = requests.get(f"{target.url}/api/2.0/mlflow/experiments/search?max_results=10", auth=target_admin).json()
+    for bad, message in ((truncated, "not a complete backup archive"), (tampered, "does not match the manifest")):
+        refused = script(target, "restore", str(bad))
+        assert refused.returncode == 1
+        assert message in refused.stderr
+    refused = script(stack, "restore", str(archive))
+    assert refused.returncode == 1 and "not empty" in refused.stderr
+    after_refusals = requests.get(f"{target.url}/api/2.0/mlflow/experiments/search?max_results=10", auth=target_admin)
+    assert after_refusals.json() == empty  # untouched
+
+    restored = script(target, "restore", str(archive))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "restore verified" in restored.stdout
+
+    # The admin login is the target's own; everyone else's login came back.
+    client = use(target, *target_admin, monkeypatch)
+    assert snapshot(client, ids, tmp_path / "after") == before
+    r = requests.get(f"{target.url}/api/2.0/mlflow/users/get", params={"username": user}, auth=(user, password))
+    assert r.status_code == 200 and r.json()["user"]["username"] == user
+    experiments = {e.name for e in client.search_experiments()}
+    assert "bank-churn" in experiments  # the trainer's work came along
