@@ -7,11 +7,12 @@
 #   accounts  ensure the service accounts (the trainer's) exist (one-shot)
 #   health    exit 0 when the server answers /health (used by the health check)
 #   objects   copy the bucket to/from a directory (backup and restore)
+#   gc        purge deleted runs past retention, on a schedule
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
-  serve|secrets|bucket|migrate|accounts|health|objects)
+  serve|secrets|bucket|migrate|accounts|health|objects|gc)
     shift || true
     exec python -m "stack_ops.$cmd" "$@" ;;
   *)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -35,29 +34,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-BUCKET_PROBE = """
-import hashlib, json, sys
-from stack_ops.common import Settings
-s = Settings.from_env()
-client = s.s3_client()
-prefix = sys.argv[1]
-found = {}
-for page in client.get_paginator("list_objects_v2").paginate(Bucket=s.bucket, Prefix=prefix):
-    for obj in page.get("Contents", []):
-        h = hashlib.sha256()
-        for chunk in client.get_object(Bucket=s.bucket, Key=obj["Key"])["Body"].iter_chunks(1 << 20):
-            h.update(chunk)
-        found[obj["Key"]] = {"size": obj["Size"], "sha256": h.hexdigest()}
-print(json.dumps({"bucket": s.bucket, "objects": found}))
-"""
-
-
-def bucket_objects(stack: Stack, prefix: str) -> dict:
-    """List objects (with sha256) straight from the S3 store, from inside the stack's network."""
-    code = BUCKET_PROBE.replace("sys.argv[1]", repr(prefix))
-    return json.loads(stack.python_in("mlflow-server", code))
-
-
 def test_large_artifact_round_trip_without_s3_credentials(stack: Stack, tracking: None, tmp_path: Path) -> None:
     assert "AWS_SECRET_ACCESS_KEY" not in os.environ
     src = tmp_path / "weights.bin"
@@ -84,7 +60,7 @@ def test_large_artifact_round_trip_without_s3_credentials(stack: Stack, tracking
 
     # The object really is in the bucket, under the run's artifact path.
     rel = run.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
-    probe = bucket_objects(stack, rel)
+    probe = stack.bucket_objects(rel)
     key = f"{rel}/blobs/weights.bin"
     assert probe["objects"][key] == {"size": SIZE, "sha256": digest}
     assert f"{rel}/meta/info.json" in probe["objects"]

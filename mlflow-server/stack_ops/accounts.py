@@ -24,10 +24,10 @@ CREDENTIALS_DIR = Path(os.environ.get("TRAINER_CREDENTIALS_DIR", "/trainer-crede
 
 
 def ensure_user(store, username: str, password: str) -> str:
-    if not store.has_user(username, use_primary=True):
+    if not store.has_user(username):
         store.create_user(username, password, is_admin=False)
         return "created"
-    if not store.authenticate_user(username, password, use_primary=True):
+    if not store.authenticate_user(username, password):
         store.update_user(username, password=password)
         return "password updated"
     return "unchanged"
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     if argv == ["--sync-admin"]:
         admin = env("MLFLOW_ADMIN_USERNAME", "admin")
         admin_password = read_secret("mlflow_admin_password")
-        if not store.has_user(admin, use_primary=True):
+        if not store.has_user(admin):
             store.create_user(admin, admin_password, is_admin=True)
         store.update_user(admin, password=admin_password, is_admin=True)
         log(JOB, f"admin {admin!r}: password set from the secrets volume")

@@ -14,6 +14,7 @@ JOB = "migrate"
 
 
 def migrate_tracking(uri: str) -> None:
+    import sqlalchemy
     from mlflow.store.db.utils import (
         _all_tables_exist,
         _get_latest_schema_revision,
@@ -25,13 +26,14 @@ def migrate_tracking(uri: str) -> None:
 
     engine = create_sqlalchemy_engine_with_retry(uri)
     try:
-        if not _all_tables_exist(engine):
+        tables = [t for t in sqlalchemy.inspect(engine).get_table_names() if not t.startswith("alembic_")]
+        if not tables:
             log(JOB, "tracking database is empty: creating MLflow's tables")
             _initialize_tables(engine)
         else:
             before = _get_schema_version(engine)
             head = _get_latest_schema_revision()
-            if before == head:
+            if before == head and _all_tables_exist(engine):
                 log(JOB, f"tracking schema is current ({head})")
             else:
                 log(JOB, f"upgrading tracking schema {before} -> {head}")

@@ -1,0 +1,92 @@
+"""Purge deleted runs past their retention, on a schedule (`mlflow gc` underneath).
+
+    gc                 loop: run once now, then every MLFLOW_GC_INTERVAL_SECONDS
+    gc --once [--older-than 30d]   one pass, e.g. `docker compose exec gc /opt/stack/entrypoint.sh gc --once`
+
+A run deleted in the UI or API is only marked `deleted`; this removes its rows
+(params, metrics, tags) from PostgreSQL and its artifact objects from the
+bucket once it has been deleted for longer than MLFLOW_GC_RETENTION
+(`mlflow gc --older-than` syntax: 30d, 12h, 1d2h3m4s). Live runs are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stack_ops.common import Settings, StackError, die, env, log, read_secret
+
+JOB = "gc"
+HEARTBEAT = Path("/tmp/gc-heartbeat")
+SERVER = "http://mlflow-server:5000"
+RETENTION = re.compile(r"^(\d+d)?(\d+h)?(\d+m)?(\d+s)?$")
+
+
+def run_gc(settings: Settings, older_than: str) -> bool:
+    # Rows are deleted in the database directly; artifacts (mlflow-artifacts:/
+    # URIs) through the server's proxy, as admin (only admins may delete any run's files).
+    args = [
+        "mlflow", "gc",
+        "--backend-store-uri", settings.tracking_uri(),
+        "--tracking-uri", SERVER,
+        "--older-than", older_than,
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(args, capture_output=True, text=True, env=_env(settings))
+    took = time.monotonic() - started
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        log(JOB, f"mlflow gc failed after {took:.1f}s: {tail[0]}")
+        return False
+    purged = [line for line in proc.stdout.splitlines() if "permanently deleted" in line.lower()]
+    log(JOB, f"pass done in {took:.1f}s (retention {older_than}): {len(purged)} deleted items purged")
+    for line in purged:
+        log(JOB, line.strip())
+    return True
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_USERNAME": env("MLFLOW_ADMIN_USERNAME", "admin"),
+        "MLFLOW_TRACKING_PASSWORD": read_secret("mlflow_admin_password"),
+    }
+
+
+def main(argv: list[str]) -> int:
+    settings = Settings.from_env()
+    older_than = env("MLFLOW_GC_RETENTION", "30d")
+    once = "--once" in argv
+    if "--older-than" in argv:
+        index = argv.index("--older-than")
+        if index + 1 >= len(argv):
+            return die(JOB, "--older-than needs a value, e.g. 30d")
+        older_than = argv[index + 1]
+    if not older_than or not RETENTION.match(older_than):
+        return die(JOB, f"retention {older_than!r} is not like 30d, 12h or 1d2h3m4s")
+    interval = env("MLFLOW_GC_INTERVAL_SECONDS", "86400")
+    if not interval.isdigit() or int(interval) < 60:
+        return die(JOB, f"MLFLOW_GC_INTERVAL_SECONDS={interval} must be a whole number >= 60")
+    try:
+        settings.tracking_uri()
+        _env(settings)
+    except StackError as e:
+        return die(JOB, str(e))
+    if once:
+        return 0 if run_gc(settings, older_than) else 1
+
+    log(JOB, f"purging runs deleted more than {older_than} ago, every {interval}s")
+    while True:
+        run_gc(settings, older_than)
+        deadline = time.monotonic() + int(interval)
+        while time.monotonic() < deadline:
+            HEARTBEAT.touch()
+            time.sleep(min(30, max(1, deadline - time.monotonic())))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
