@@ -78,8 +78,12 @@ def sha256_file(path: Path) -> str:
 
 
 def ops(workdir: Path, *args: str) -> str:
-    workdir.chmod(0o777)  # the ops container runs as uid 10001
-    return compose("run", "--rm", "--no-deps", "-T", "-v", f"{workdir}:/work", "ops", "objects", *args).stdout
+    # As the invoking user, so the files it writes are ours to read and delete;
+    # the ops service's extra group 10001 lets it read the secrets it needs.
+    user = f"{os.getuid()}:{os.getgid()}"
+    return compose(
+        "run", "--rm", "--no-deps", "-T", "--user", user, "-v", f"{workdir}:/work", "ops", "objects", *args
+    ).stdout  # fmt: skip
 
 
 def mlflow_version() -> str:
@@ -149,7 +153,7 @@ def restore(archive: Path, force: bool) -> None:
                 f"{len(stored)} objects); restore into a fresh stack or pass --force to overwrite"
             )
 
-        compose("stop", "trainer", "mlflow-server", "nginx")
+        compose("stop", "trainer", "gc", "mlflow-server", "nginx")
         for db, owner in DATABASES.items():
             with (work / f"{db}.dump").open("rb") as f:
                 compose(
@@ -162,7 +166,7 @@ def restore(archive: Path, force: bool) -> None:
         # Logins restored as they were, except the stack's own accounts, which
         # follow this stack's secrets (the admin login stays what the README prints).
         compose("run", "--rm", "--no-deps", "accounts", "accounts", "--sync-admin")
-        compose("up", "--detach", "--wait", "nginx")
+        compose("up", "--detach", "--wait", "nginx", "gc")
 
         after = counts()
         if after != manifest["counts"]:
