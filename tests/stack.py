@@ -18,22 +18,6 @@ LONG_RUNNING = ("postgres", "mlflow-server", "nginx", "gc")
 ONE_SHOT = ("secrets", "bucket", "migrate", "accounts")
 
 
-BUCKET_PROBE = """
-import hashlib, json
-from stack_ops.common import Settings
-s = Settings.from_env()
-client = s.s3_client()
-found = {}
-for page in client.get_paginator("list_objects_v2").paginate(Bucket=s.bucket, Prefix=PREFIX):
-    for obj in page.get("Contents", []):
-        h = hashlib.sha256()
-        for chunk in client.get_object(Bucket=s.bucket, Key=obj["Key"])["Body"].iter_chunks(1 << 20):
-            h.update(chunk)
-        found[obj["Key"]] = {"size": obj["Size"], "sha256": h.hexdigest()}
-print(json.dumps({"bucket": s.bucket, "objects": found}))
-"""
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +73,8 @@ class Stack:
 
     def bucket_objects(self, prefix: str) -> dict:
         """Objects (size, sha256) straight from the S3 store, from inside the stack's network."""
-        return json.loads(self.python_in("mlflow-server", BUCKET_PROBE.replace("PREFIX", repr(prefix))))
+        out = self.compose("exec", "-T", "mlflow-server", "/opt/stack/entrypoint.sh", "objects", "list", prefix).stdout
+        return {"objects": json.loads(out.strip().splitlines()[-1])}
 
     def containers(self) -> list[dict]:
         out = self.compose("ps", "--all", "--format", "json").stdout.strip()

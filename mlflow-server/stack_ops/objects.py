@@ -2,7 +2,7 @@
 
     objects export DIR   bucket -> DIR/objects/<key>, DIR/objects.json
     objects import DIR   DIR/objects/<key> -> bucket, each checked against objects.json
-    objects list         print objects.json for the bucket (key -> size, sha256)
+    objects list [PREFIX]   print key -> size, sha256 for the bucket (or keys under PREFIX)
 
 Used by scripts/backup and scripts/restore through the `ops` service.
 """
@@ -27,9 +27,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_objects(s3, bucket: str, with_sha: bool = True) -> dict[str, dict]:
+def list_objects(s3, bucket: str, with_sha: bool = True, prefix: str = "") -> dict[str, dict]:
     found: dict[str, dict] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             entry = {"size": obj["Size"]}
             if with_sha:
@@ -79,13 +79,19 @@ def import_(s3, bucket: str, source: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("export", "import", "list") or (argv[0] != "list" and len(argv) != 2):
-        return die(JOB, "usage: objects export DIR | objects import DIR | objects list")
+    if (
+        not argv
+        or argv[0] not in ("export", "import", "list")
+        or len(argv) > 2
+        or (argv[0] != "list" and len(argv) != 2)
+    ):
+        return die(JOB, "usage: objects export DIR | objects import DIR | objects list [PREFIX]")
     settings = Settings.from_env()
     try:
         s3 = settings.s3_client()
         if argv[0] == "list":
-            print(json.dumps(list_objects(s3, settings.bucket), sort_keys=True))
+            prefix = argv[1] if len(argv) == 2 else ""
+            print(json.dumps(list_objects(s3, settings.bucket, prefix=prefix), sort_keys=True))
             return 0
         if argv[0] == "export":
             return export(s3, settings.bucket, Path(argv[1]))
