@@ -8,11 +8,13 @@
 #   health    exit 0 when the server answers /health (used by the health check)
 #   objects   copy the bucket to/from a directory (backup and restore)
 #   gc        purge deleted runs past retention, on a schedule
+#   users     add accounts, reset passwords (scripts/users)
+#   routes    print the server's route table as JSON (the security tests)
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
-  serve|secrets|bucket|migrate|accounts|health|objects|gc)
+  serve|secrets|bucket|migrate|accounts|health|objects|gc|users|routes)
     shift || true
     exec python -m "stack_ops.$cmd" "$@" ;;
   *)

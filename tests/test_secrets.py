@@ -60,12 +60,22 @@ def test_two_fresh_stacks_never_share_secrets(stack: Stack, other: Stack) -> Non
     assert dump(other) == theirs
 
 
-@pytest.mark.parametrize("value", ["password1234", "minioadmin", "short"])
-def test_weak_override_is_refused_and_changes_nothing(other: Stack, value: str) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MLFLOW_ADMIN_PASSWORD", "password1234"),
+        ("S3_ACCESS_KEY", "minioadmin"),
+        ("S3_SECRET_KEY", "minio123"),
+        ("POSTGRES_PASSWORD", "postgres"),
+        ("MLFLOW_DB_PASSWORD", "short"),
+    ],
+)
+def test_weak_override_is_refused_and_changes_nothing(other: Stack, variable: str, value: str) -> None:
+    # (An empty value counts as unset: a strong one is generated instead.)
     first = dump(other)
-    proc = other.compose("run", "--rm", "--no-deps", "-e", f"MLFLOW_ADMIN_PASSWORD={value}", "secrets", check=False)
+    proc = other.compose("run", "--rm", "--no-deps", "-e", f"{variable}={value}", "secrets", check=False)
     assert proc.returncode != 0
-    assert "MLFLOW_ADMIN_PASSWORD" in proc.stderr
+    assert variable in proc.stderr
     assert "generated" not in proc.stdout
     assert dump(other) == first
 

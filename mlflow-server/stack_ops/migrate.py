@@ -50,7 +50,12 @@ def migrate_auth(uri: str) -> None:
     engine = sqlalchemy.create_engine(uri)
     try:
         utils.migrate(engine, "head")
-        log(JOB, "auth schema at head")
+        # The failed sign-in log the server's lockout reads (stack_ops/guard.py).
+        from stack_ops.guard import TABLE_DDL
+
+        with engine.begin() as conn:
+            conn.exec_driver_sql(TABLE_DDL)
+        log(JOB, "auth schema at head (plus stack_auth_failures)")
     finally:
         engine.dispose()
 

@@ -8,6 +8,7 @@ database, and a Host allow-list built from the hostnames the operator serves.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +36,20 @@ def allowed_hosts(hostnames: str) -> str:
     return ",".join(patterns)
 
 
+def source_regex(bucket: str) -> str:
+    # "dummy-source" and "prompt-template" are the placeholders MLflow's prompt
+    # registry sends as a prompt version's source.
+    return rf"^(?!.*\.\.)(runs:/|models:/|mlflow-artifacts:/|s3://{re.escape(bucket)}/|dummy-source$|prompt-template$)"
+
+
+def uvicorn_has_option(name: str) -> bool:
+    import inspect
+
+    import uvicorn
+
+    return name in inspect.signature(uvicorn.Config).parameters
+
+
 def ini_escape(value: str) -> str:
     return value.replace("%", "%%")  # configparser interpolation
 
@@ -47,7 +62,9 @@ def write_auth_config(settings: Settings, permission: str, cache_ttl: str) -> No
         f"database_uri = {ini_escape(settings.auth_uri())}\n"
         f"admin_username = {ini_escape(env('MLFLOW_ADMIN_USERNAME', 'admin'))}\n"
         f"admin_password = {ini_escape(read_secret('mlflow_admin_password'))}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow's basic auth wrapped with a lockout and an artifact-location
+        # policy (stack_ops/guard.py).
+        "authorization_function = stack_ops.guard:authenticate_request\n"
         f"auth_cache_ttl_seconds = {cache_ttl}\n"
     )
     AUTH_INI.chmod(0o600)
@@ -72,6 +89,9 @@ def main() -> int:
     except StackError as e:
         return die(JOB, str(e))
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_INI)
+    # Model versions may only point into this stack's artifact store (or at
+    # runs/models MLflow resolves there); never file:, other buckets or `..`.
+    os.environ["MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX"] = source_regex(settings.bucket)
 
     hosts = allowed_hosts(env("MLFLOW_PUBLIC_HOSTNAMES", "localhost,127.0.0.1"))
     args = [
@@ -85,6 +105,11 @@ def main() -> int:
         "--app-name", "basic-auth",
         "--allowed-hosts", hosts,
     ]  # fmt: skip
+    if uvicorn_has_option("timeout_worker_healthcheck"):
+        # uvicorn restarts a worker that misses a 5 s ping; a worker still
+        # importing MLflow on a busy 2-core host misses it and is killed in a
+        # loop, so the server never becomes healthy. Give it a minute.
+        args += ["--uvicorn-opts", "--timeout-worker-healthcheck 60"]
     log(JOB, f"starting mlflow server: {workers} workers, artifacts in s3://{settings.bucket}/, hosts {hosts}")
     os.execvp(args[0], args)
     return 1  # not reached

@@ -1,0 +1,198 @@
+"""The stack's authorization function: MLflow's basic auth, plus two guards.
+
+MLflow's basic-auth app calls the function named in basic_auth.ini
+(`authorization_function`) before every protected request, Flask and FastAPI
+routes alike. This one wraps MLflow's own `authenticate_request_basic_auth`:
+
+1. **Failed sign-ins lock the client address out.** After
+   MLFLOW_AUTH_MAX_FAILURES wrong passwords from one address within
+   MLFLOW_AUTH_LOCKOUT_SECONDS, every request from that address that carries
+   credentials gets 429 *before* the password is checked, so guessing stops
+   paying off (even the right password is refused until the window passes).
+   The address is nginx's `X-Real-IP` (nginx overwrites whatever the client
+   sent). Failures live in PostgreSQL (`stack_auth_failures` in the auth
+   database), so every uvicorn worker sees the same count. nginx alone can't
+   do this: it only learns that a password was wrong after the server has
+   answered, and by then the guess has been checked.
+2. **Requests MLflow would mishandle are refused with 400.** A malformed
+   JSON body (MLflow answers some with a 500 HTML page), and metric values,
+   timestamps or steps of the wrong type (MLflow stores a metric value of
+   "abc" as 0.0).
+3. **Artifact locations stay in the bucket.** `experiments/create` with an
+   `artifact_location` outside the stack's artifact store (`file:`, local
+   paths, other buckets, `..` segments) is refused with 400, so no run can
+   point the server at files it must not serve. Model-version sources are
+   checked by MLflow itself (MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX,
+   set by serve.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import random
+import re
+import threading
+from urllib.parse import unquote, urlparse
+
+from flask import Response, request
+
+MAX_FAILURES = int(os.environ.get("MLFLOW_AUTH_MAX_FAILURES", "10"))
+WINDOW_SECONDS = int(os.environ.get("MLFLOW_AUTH_LOCKOUT_SECONDS", "300"))
+BUCKET = os.environ.get("S3_BUCKET", "mlflow")
+
+TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS stack_auth_failures (
+    address  text        NOT NULL,
+    username text        NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS stack_auth_failures_address_at ON stack_auth_failures (address, at);
+"""
+
+_engine = None
+_engine_lock = threading.Lock()
+
+
+def _db():
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            import sqlalchemy
+
+            from stack_ops.common import Settings
+
+            _engine = sqlalchemy.create_engine(
+                Settings.from_env().auth_uri(), pool_size=2, max_overflow=4, pool_pre_ping=True
+            )
+        return _engine
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error_code": code, "message": message})
+    return Response(body, status=status, mimetype="application/json", headers=headers or {})
+
+
+def client_address() -> str:
+    return request.headers.get("X-Real-IP") or request.remote_addr or "unknown"
+
+
+def seconds_locked(address: str) -> int:
+    """0 if the address may try a password, else seconds until it may."""
+    import sqlalchemy
+
+    with _db().connect() as conn:
+        row = conn.execute(
+            sqlalchemy.text(
+                "SELECT count(*), EXTRACT(EPOCH FROM (min(at) + make_interval(secs => :w) - now()))"
+                " FROM stack_auth_failures WHERE address = :a AND at > now() - make_interval(secs => :w)"
+            ),
+            {"a": address, "w": WINDOW_SECONDS},
+        ).one()
+    count, remaining = row
+    return max(1, int(remaining or 0) + 1) if count >= MAX_FAILURES else 0
+
+
+def record_failure(address: str, username: str) -> None:
+    import sqlalchemy
+
+    with _db().begin() as conn:
+        conn.execute(
+            sqlalchemy.text("INSERT INTO stack_auth_failures (address, username) VALUES (:a, :u)"),
+            {"a": address, "u": username[:200]},
+        )
+        if random.random() < 0.02:  # keep the table small
+            conn.execute(sqlalchemy.text("DELETE FROM stack_auth_failures WHERE at < now() - interval '1 day'"))
+
+
+def artifact_location_problem(location: str) -> str | None:
+    """Why an experiment's artifact_location is refused, or None if it is inside the store."""
+    if not location:
+        return None
+    decoded = unquote(location)
+    parsed = urlparse(decoded)
+    segments = parsed.path.split("/")
+    if ".." in segments or "\\" in decoded or "\x00" in decoded:
+        return "must not contain '..' segments, backslashes or NUL bytes"
+    if parsed.scheme == "mlflow-artifacts" and not parsed.netloc:
+        return None
+    if parsed.scheme == "s3" and parsed.netloc == BUCKET:
+        normalized = posixpath.normpath(parsed.path or "/")
+        if normalized.startswith("/"):
+            return None
+    return f"must be inside this stack's artifact store (mlflow-artifacts:/... or s3://{BUCKET}/...)"
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) or value in ("NaN", "Infinity", "-Infinity")
+
+
+def _is_integer(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value) is not None)
+
+
+def metric_problem(body: dict) -> str | None:
+    metrics = body.get("metrics") if request.path.endswith("/log-batch") else [body]
+    if not isinstance(metrics, list):
+        return None  # MLflow's own validation answers this
+    for i, metric in enumerate(metrics):
+        if not isinstance(metric, dict):
+            continue
+        where = f"metrics[{i}]" if request.path.endswith("/log-batch") else "metric"
+        if "value" in metric and not _is_number(metric["value"]):
+            return f'{where}.value must be a number (or "NaN", "Infinity", "-Infinity"), got {metric["value"]!r}'
+        for field in ("timestamp", "step"):
+            if field in metric and not _is_integer(metric[field]):
+                return f"{where}.{field} must be an integer, got {metric[field]!r}"
+    return None
+
+
+def policy_violation() -> Response | None:
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE") or "/mlflow-artifacts/" in request.path:
+        return None
+    if not request.path.startswith(("/api/", "/ajax-api/")) or request.mimetype != "application/json":
+        return None
+    body = request.get_json(silent=True)  # cached: MLflow's handler reuses the parse
+    if body is None and request.get_data(cache=True).strip():
+        return _error(400, "MALFORMED_REQUEST", "Malformed JSON in the request body.")
+    if not isinstance(body, dict):
+        return None
+    if request.path.endswith(("/mlflow/runs/log-batch", "/mlflow/runs/log-metric")):
+        problem = metric_problem(body)
+        if problem:
+            return _error(400, "INVALID_PARAMETER_VALUE", f"Invalid value: {problem}.")
+    if not request.path.endswith("/mlflow/experiments/create"):
+        return None
+    location = body.get("artifact_location")
+    if not isinstance(location, str):
+        return None
+    problem = artifact_location_problem(location)
+    if problem:
+        return _error(400, "INVALID_PARAMETER_VALUE", f"Invalid artifact_location {location!r}: {problem}.")
+    return None
+
+
+def authenticate_request():
+    from mlflow.server.auth import authenticate_request_basic_auth
+
+    if request.authorization is None:
+        return authenticate_request_basic_auth()  # the 401 challenge; not a failed attempt
+    address = client_address()
+    wait = seconds_locked(address)
+    if wait:
+        return _error(
+            429,
+            "TOO_MANY_REQUESTS",
+            f"Too many failed sign-in attempts from {address}; try again in {wait} s.",
+            {"Retry-After": str(wait)},
+        )
+    result = authenticate_request_basic_auth()
+    if isinstance(result, Response):
+        record_failure(address, request.authorization.username or "")
+        return result
+    return policy_violation() or result

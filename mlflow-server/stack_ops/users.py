@@ -1,0 +1,152 @@
+"""Team accounts, from the command line (scripts/users runs this in the `users` service).
+
+    users add NAME [--admin]      create an account; prints its generated password
+    users reset-password NAME     give an existing account a new generated password
+    users reset-admin-password    new admin password: auth store + secrets volume
+    users list                    every account, admins marked
+    users unlock ADDRESS          forget the failed sign-ins of a locked-out address
+
+Passwords are generated (24 characters, ~143 bits) and printed once, on
+stdout, with nothing else on that line. Bad input (an invalid or taken name,
+an unknown account) is refused with one line on stderr and changes nothing.
+Permissions per experiment or model are granted through MLflow's API or UI
+(docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from stack_ops.common import Settings, StackError, die, env, log
+
+JOB = "users"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+SECRETS_TARGET = Path(os.environ.get("STACK_SECRETS_WRITE_DIR", "/secrets"))
+USAGE = (
+    "usage: users add NAME [--admin] | users reset-password NAME | users reset-admin-password"
+    " | users list | users unlock ADDRESS"
+)
+
+
+def _store():
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(Settings.from_env().auth_uri())
+    return store
+
+
+def _password() -> str:
+    from stack_ops.secrets import SPECS, generate
+
+    spec = next(s for s in SPECS if s.name == "mlflow_admin_password")
+    return generate(spec)
+
+
+def add(name: str, admin: bool) -> int:
+    if not NAME.match(name):
+        return die(
+            JOB, f"invalid user name {name!r}: 1-64 letters, digits, '.', '_', '@' or '-', starting alphanumeric"
+        )
+    store = _store()
+    if store.has_user(name):
+        return die(
+            JOB, f"user {name!r} already exists (to give it a new password: scripts/users reset-password {name})"
+        )
+    password = _password()
+    store.create_user(name, password, is_admin=admin)
+    log(JOB, f"created {'admin' if admin else 'user'} {name!r}; password on the next line (shown once)")
+    print(password, flush=True)
+    return 0
+
+
+def reset_password(name: str) -> int:
+    if name == env("MLFLOW_ADMIN_USERNAME", "admin"):
+        return die(JOB, "use `users reset-admin-password` for the admin: it also updates the secrets volume")
+    if name == env("MLFLOW_TRAINER_USERNAME", "trainer"):
+        return die(JOB, "the trainer's password is the trainer_password secret; `docker compose up` re-applies it")
+    store = _store()
+    if not store.has_user(name):
+        return die(JOB, f"no user {name!r}")
+    password = _password()
+    store.update_user(name, password=password)
+    log(JOB, f"new password for {name!r} on the next line (shown once)")
+    print(password, flush=True)
+    return 0
+
+
+def reset_admin_password() -> int:
+    from stack_ops.secrets import write
+
+    if os.environ.get("MLFLOW_ADMIN_PASSWORD", "").strip():
+        return die(JOB, "MLFLOW_ADMIN_PASSWORD is set in .env and wins on every `up`: change it there instead")
+    target = SECRETS_TARGET / "mlflow_admin_password"
+    if not target.exists():
+        return die(JOB, f"{target} is missing: mount the secrets volume at {SECRETS_TARGET}")
+    admin = env("MLFLOW_ADMIN_USERNAME", "admin")
+    store = _store()
+    if not store.has_user(admin):
+        return die(JOB, f"no admin user {admin!r} in the auth store")
+    password = _password()
+    # Secret first: if the store update then failed, `accounts --sync-admin`
+    # (scripts/restore uses it) re-applies the secret.
+    write(target, password)
+    store.update_user(admin, password=password, is_admin=True)
+    log(JOB, f"new password for admin {admin!r} (also in the secrets volume) on the next line")
+    print(password, flush=True)
+    return 0
+
+
+def list_users() -> int:
+    for user in sorted(_store().list_users(), key=lambda u: u.username):
+        print(f"{user.username}{'  (admin)' if user.is_admin else ''}")
+    return 0
+
+
+def unlock(address: str) -> int:
+    import ipaddress
+
+    import sqlalchemy
+
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return die(JOB, f"{address!r} is not an IP address")
+    engine = sqlalchemy.create_engine(Settings.from_env().auth_uri())
+    try:
+        with engine.begin() as conn:
+            n = conn.execute(
+                sqlalchemy.text("DELETE FROM stack_auth_failures WHERE address = :a"), {"a": address}
+            ).rowcount
+    finally:
+        engine.dispose()
+    log(JOB, f"{address}: {n} failed sign-in(s) forgotten; it may sign in again")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    try:
+        match argv:
+            case ["add", name]:
+                return add(name, admin=False)
+            case ["add", name, "--admin"]:
+                return add(name, admin=True)
+            case ["reset-password", name]:
+                return reset_password(name)
+            case ["reset-admin-password"]:
+                return reset_admin_password()
+            case ["list"]:
+                return list_users()
+            case ["unlock", address]:
+                return unlock(address)
+            case _:
+                return die(JOB, USAGE)
+    except StackError as e:
+        return die(JOB, str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
