@@ -8,11 +8,12 @@
 #   health    exit 0 when the server answers /health (used by the health check)
 #   objects   copy the bucket to/from a directory (backup and restore)
 #   gc        purge deleted runs past retention, on a schedule
+#   tls       prepare nginx's HTTPS certificate (TLS variant, one-shot)
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
-  serve|secrets|bucket|migrate|accounts|health|objects|gc)
+  serve|secrets|bucket|migrate|accounts|health|objects|gc|tls)
     shift || true
     exec python -m "stack_ops.$cmd" "$@" ;;
   *)
