@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import re
 import socket
@@ -216,20 +217,33 @@ def test_trainer_runs_over_https(tls: Tls) -> None:
     assert "MLFLOW_TRACKING_URI=https://nginx:8443" in env
 
 
-def make_certificate(name: str, days: int, key: ec.EllipticCurvePrivateKey) -> bytes:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+def make_certificate(
+    names: list[str],
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    is_ca: bool = False,
+    days: int = 30,
+) -> x509.Certificate:
+    """A certificate for `names` (the first is the CN), self-signed or signed by `issuer`."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    sans = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(days=abs(days) + 1))
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
+    if not is_ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -244,7 +258,7 @@ def test_mismatched_operator_key_fails_the_job_and_keeps_nginx_down(
 ) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
-    (certs / "server.crt").write_bytes(make_certificate("localhost", 30, ec.generate_private_key(ec.SECP256R1())))
+    (certs / "server.crt").write_bytes(pem(make_certificate(["localhost"], ec.generate_private_key(ec.SECP256R1()))))
     (certs / "server.key").write_bytes(pem_key(ec.generate_private_key(ec.SECP256R1())))
     bad = Stack(project=tls.stack.project, port=tls.stack.port, env={**tls.stack.env, "TLS_CERTS_DIR": str(certs)})
     try:
@@ -264,5 +278,73 @@ def test_mismatched_operator_key_fails_the_job_and_keeps_nginx_down(
     finally:
         tls.stack.compose("up", "--detach", "--wait", "--wait-timeout", "300", "--no-deps", "tls", "nginx")
     # Back on the generated CA, unchanged: the failed run wrote nothing.
+    r = requests.get(tls.url + SEARCH, auth=admin, verify=str(tls.ca), timeout=30)
+    assert r.status_code == 200, r.text
+
+
+BAD_INPUT = {
+    "expired": (
+        "server.crt expired on",
+        lambda key: {"server.crt": pem(make_certificate(["localhost"], key, days=-2))},
+    ),
+    "certificate only": ("server.key is not", lambda key: {"server.crt": pem(make_certificate(["localhost"], key))}),
+    "encrypted key": (
+        "server.key is encrypted",
+        lambda key: {
+            "server.crt": pem(make_certificate(["localhost"], key)),
+            "server.key": key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"a passphrase"),
+            ),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_operator_input_fails_the_job_with_one_line(tls: Tls, tmp_path: Path, case: str) -> None:
+    expected, files = BAD_INPUT[case]
+    key = ec.generate_private_key(ec.SECP256R1())
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name, data in {"server.key": pem_key(key), **files(key)}.items():
+        (certs / name).write_bytes(data)
+    if case == "certificate only":
+        (certs / "server.key").unlink()
+    bad = Stack(project=tls.stack.project, port=tls.stack.port, env={**tls.stack.env, "TLS_CERTS_DIR": str(certs)})
+    job = bad.compose("run", "--rm", "--no-deps", "tls", check=False)
+    assert job.returncode != 0
+    errors = [line for line in job.stderr.splitlines() if line.startswith("[tls] error:")]
+    assert len(errors) == 1 and expected in errors[0], job.stderr
+
+
+def test_operator_certificate_is_served(tls: Tls, admin: tuple[str, str], tmp_path: Path) -> None:
+    """The operator's own certificate (from a private CA) replaces the generated one, and back."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = make_certificate(["operator test root"], ca_key, is_ca=True)
+    leaf = make_certificate(["localhost", "127.0.0.1", "nginx"], key, issuer=(ca, ca_key))
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "server.crt").write_bytes(pem(leaf))
+    (certs / "server.key").write_bytes(pem_key(key))
+    (certs / "ca.crt").write_bytes(pem(ca))
+    for f in certs.iterdir():
+        f.chmod(0o600)  # the operator's own permissions: the job reads them anyway
+    operator_ca = tmp_path / "operator-ca.crt"
+    operator_ca.write_bytes(pem(ca))
+    own = Stack(project=tls.stack.project, port=tls.stack.port, env={**tls.stack.env, "TLS_CERTS_DIR": str(certs)})
+    up = ("up", "--detach", "--wait", "--wait-timeout", "300", "--no-deps", "--force-recreate", "tls", "nginx")
+    try:
+        own.compose(*up)
+        r = requests.get(tls.url + SEARCH, auth=admin, verify=str(operator_ca), timeout=30)
+        assert r.status_code == 200, r.text
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(tls.url + SEARCH, verify=str(tls.ca), timeout=30)
+        published = own.compose("exec", "-T", "nginx", "cat", "/etc/nginx/tls-public/ca.crt").stdout
+        assert published.encode() == pem(ca)
+    finally:
+        tls.stack.compose(*up)
+    # Without operator files, the generated CA (kept in its volume) is back.
     r = requests.get(tls.url + SEARCH, auth=admin, verify=str(tls.ca), timeout=30)
     assert r.status_code == 200, r.text
