@@ -1,7 +1,8 @@
-"""Static checks of both compose variants (`docker compose config` output).
+"""Static checks of the compose variants (`docker compose config` output).
 
 MinIO's binary can't be had on CI machines, so the default variant is checked
-here, statically; the SeaweedFS variant is also run live by the test suite.
+here, statically; the SeaweedFS variant is also run live by the test suite
+(and its TLS variant by tests/test_tls.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import sys
 VARIANTS = {
     "default (MinIO)": ["compose.yaml"],
     "SeaweedFS": ["compose.yaml", "compose.seaweedfs.yaml"],
+    "TLS": ["compose.yaml", "compose.tls.yaml"],
+    "SeaweedFS + TLS": ["compose.yaml", "compose.seaweedfs.yaml", "compose.tls.yaml"],
 }
-ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer", "ops"}
+ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer", "ops", "tls"}
+# Volumes holding private keys: only the `tls` job (and nginx, its own key) mount them.
+TLS_PRIVATE = {"tls-ca": {"tls"}, "tls": {"tls", "nginx"}}
 EXACT_TAG = re.compile(r"^[\w./-]+(:[\w][\w.-]*)$")
 
 
@@ -58,6 +63,29 @@ def check(name: str, cfg: dict) -> list[str]:
             problems.append(f"network {net}: fixed name {spec.get('name')}")
     if not cfg["networks"].get("backend", {}).get("internal"):
         problems.append("backend network is not internal")
+    if "tls" in services:
+        problems += check_tls(services)
+    return problems
+
+
+def check_tls(services: dict) -> list[str]:
+    """The TLS variant: nginx waits for the certificate job, publishes HTTP (to
+    redirect) and HTTPS, and private keys stay out of every other service."""
+    problems = []
+    nginx = services["nginx"]
+    if (nginx.get("depends_on") or {}).get("tls", {}).get("condition") != "service_completed_successfully":
+        problems.append("nginx does not wait for the tls job to complete successfully")
+    targets = sorted(p.get("target") for p in nginx.get("ports", []))
+    if targets != [8080, 8443]:
+        problems.append(f"nginx publishes container ports {targets} (want 8080 and 8443)")
+    for sname, svc in services.items():
+        for vol in svc.get("volumes") or []:
+            allowed = TLS_PRIVATE.get(vol.get("source", "")) if vol.get("type") == "volume" else None
+            if allowed is not None and sname not in allowed:
+                problems.append(f"{sname}: mounts the private-key volume {vol['source']}")
+    trainer = services.get("trainer", {})
+    if not str((trainer.get("environment") or {}).get("MLFLOW_TRACKING_URI", "")).startswith("https://"):
+        problems.append("trainer does not use https")
     return problems
 
 

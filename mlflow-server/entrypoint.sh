@@ -10,11 +10,12 @@
 #   gc        purge deleted runs past retention, on a schedule
 #   users     add accounts, reset passwords (scripts/users)
 #   routes    print the server's route table as JSON (the security tests)
+#   tls       prepare nginx's HTTPS certificate (TLS variant, one-shot)
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
-  serve|secrets|bucket|migrate|accounts|health|objects|gc|users|routes)
+  serve|secrets|bucket|migrate|accounts|health|objects|gc|users|routes|tls)
     shift || true
     exec python -m "stack_ops.$cmd" "$@" ;;
   *)
