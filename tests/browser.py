@@ -36,11 +36,12 @@ BENIGN_CONSOLE_ERRORS = (
     # Chromium itself raises this (an ErrorEvent with no error object, hence
     # "null") when a ResizeObserver callback changes layout and the remaining
     # notifications move to the next frame: the "deliver resize loop error"
-    # step of the ResizeObserver spec. MLflow's runs table (AG Grid, in
-    # main.js) triggers it while it sizes its columns. The text is not in
-    # MLflow's bundle, it names no URL and follows no request; every test
-    # still asserts that the same page had no failed request, so no stack
-    # fault (auth, proxy, artifact store) can hide behind it.
+    # step of the ResizeObserver spec. MLflow's own layout code (main.js)
+    # triggers it while it sizes tables and panels (seen on the runs table
+    # and the run page, not on every load). The text is not in MLflow's
+    # bundle, it names no URL and follows no request; every test still
+    # asserts that the same page had no failed request and no other error,
+    # so no stack fault (auth, proxy, artifact store) can hide behind it.
     "null ResizeObserver loop completed with undelivered notifications.",
 )
 
