@@ -64,6 +64,33 @@ ELSEWHERE = {
         "tests/test_gc.py",
         '"exec", "-T", "gc", "/opt/stack/entrypoint.sh", "gc", "--once", "--older-than"',
     ),
+    "scripts/users add alice": ("tests/test_security.py", 'users(stack, "add", name)'),
+    "scripts/users add carol --admin": ("tests/test_security.py", 'users(stack, "add", boss, "--admin")'),
+    "scripts/users reset-password alice": ("tests/test_security.py", 'users(stack, "reset-password", name)'),
+    "scripts/users reset-admin-password": ("tests/test_security.py", 'users(stack, "reset-admin-password")'),
+    "scripts/users list": ("tests/test_security.py", 'users(stack, "list")'),
+    "scripts/users unlock 203.0.113.7": ("tests/test_security.py", 'users(stack, "unlock", result["address"])'),
+    "docker compose -f compose.yaml -f compose.tls.yaml up -d --wait": (
+        "tests/test_tls.py",
+        '"COMPOSE_FILE": f"{base[\'COMPOSE_FILE\']}:{TLS_FILE}"',
+    ),
+    "docker compose -f compose.yaml -f compose.tls.yaml exec -T nginx cat /etc/nginx/tls-public/ca.crt"
+    " > mlflow-ca.crt": (
+        "tests/test_tls.py",
+        'variant.compose("exec", "-T", "nginx", "cat", "/etc/nginx/tls-public/ca.crt")',
+    ),
+    "docker compose up -d --wait --no-deps --force-recreate tls nginx": (
+        "tests/test_tls.py",
+        '"up", "--detach", "--wait", "--wait-timeout", "300", "--no-deps", "--force-recreate", "tls", "nginx"',
+    ),
+    "export MLFLOW_TRACKING_URI=https://mlflow.example.internal:8443": (
+        "tests/test_tls.py",
+        'monkeypatch.setenv("MLFLOW_TRACKING_URI", tls.url)',
+    ),
+    "export MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/mlflow-ca.crt": (
+        "tests/test_tls.py",
+        'monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tls.ca))',
+    ),
     # The README's exports: test_readme_snippet_logs_a_run sets exactly these.
     "export MLFLOW_TRACKING_URI=http://mlflow.example.internal:8080": ("tests/test_docs.py", "def test_readme_snippet"),
     "export MLFLOW_TRACKING_USERNAME=alice": ("tests/test_docs.py", "def test_readme_snippet"),

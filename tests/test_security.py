@@ -143,6 +143,16 @@ def test_users_command_makes_working_accounts_and_refuses_bad_input(stack: Stack
     listed = users(stack, "list").stdout
     assert name in listed and f"{name}  (admin)" not in listed
 
+    # An admin, and a new password for a teammate (the old one stops working).
+    boss = unique("carol")
+    users(stack, "add", boss, "--admin")
+    assert f"{boss}  (admin)" in users(stack, "list").stdout
+    fresh = password_of(users(stack, "reset-password", name))
+    assert fresh != password
+    assert as_user((name, fresh)).get(stack.url + SEARCH, timeout=10).status_code == 200
+    teammates["alice"] = (name, fresh)
+    listed = users(stack, "list").stdout
+
     taken = users(stack, "add", name, check=False)
     assert taken.returncode != 0 and "already exists" in taken.stderr
     bad = users(stack, "add", "../evil name", check=False)
