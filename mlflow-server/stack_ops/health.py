@@ -10,7 +10,7 @@ URL = "http://127.0.0.1:5000/health"
 
 def main() -> int:
     try:
-        with urllib.request.urlopen(URL, timeout=4) as resp:
+        with urllib.request.urlopen(URL, timeout=12) as resp:
             body = resp.read(64).decode(errors="replace").strip()
     except OSError as e:
         print(f"mlflow-server unhealthy: {URL}: {e}")
