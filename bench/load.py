@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 import requests
+from urllib3.util.retry import Retry
 
 from stack_ops.common import Settings, env, read_secret
 
@@ -53,10 +54,13 @@ def target(name: str) -> Target:
     raise SystemExit(f"unknown target {name!r}")
 
 
-def session(t: Target) -> requests.Session:
+def session(t: Target, retry: bool = True) -> requests.Session:
+    """Setup calls retry dropped connections and 5xx like MLflow's client does;
+    measured calls (retry=False) count every failure as an error."""
     s = requests.Session()
     s.auth = t.auth
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+    retries = Retry(total=5, backoff_factor=1, status_forcelist=(502, 503, 504), allowed_methods=None) if retry else 0
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=retries)
     s.mount("http://", adapter)
     return s
 
@@ -99,7 +103,7 @@ def cmd_logging(a: argparse.Namespace) -> dict:
     start = threading.Barrier(len(runs) + 1)
 
     def client(i: int) -> None:
-        cs = session(t)
+        cs = session(t, retry=False)
         step = 0
 
         def send() -> bool:
@@ -271,7 +275,7 @@ def timed_repeat(fn, repeat: int) -> list[float]:
 
 def cmd_search(a: argparse.Namespace) -> dict:
     t = target(a.target)
-    s = session(t)
+    s = session(t, retry=False)
     want = min(1000, a.expect)
 
     def once() -> None:
@@ -344,7 +348,7 @@ class Sink:
 
 
 def transfer_http(t: Target, size: int, check_download: bool = True) -> dict:
-    s = session(t)
+    s = session(t, retry=False)
     path = f"bench/{uuid.uuid4().hex}/blob.bin"
     url = f"{t.url}/api/2.0/mlflow-artifacts/artifacts/{path}"
     t0 = time.perf_counter()
