@@ -291,7 +291,9 @@ NGINX_VARIANTS = {
     "artifact-read-256k": [
         (
             "            proxy_buffering off;\n",
-            "            proxy_buffering off;\n            proxy_buffer_size 256k;\n",
+            "            proxy_buffering off;\n"
+            "            proxy_buffer_size 256k;\n"
+            "            proxy_buffers 8 256k;\n",
         )
     ],
     "api-buffering-off": [("        location / {\n", "        location / {\n            proxy_buffering off;\n")],
