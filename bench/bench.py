@@ -336,7 +336,8 @@ def do_matrix(c: Compose, size: dict, only: set[str], matrix: list[str], seeded:
                 res["artifacts"] = do_artifacts(c, size, ("stack",))
             if "footprint" in only:
                 res["footprint"] = footprint(c)
-            out[f"{var}={value}"] = res
+            key = f"{var}={value}"
+            out[key if key not in out else f"{key} (again)"] = res
         c.env.pop("BENCH_NGINX_CONF", None)
         if saved is None:
             c.env.pop(var, None)
