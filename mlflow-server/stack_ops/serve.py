@@ -17,6 +17,12 @@ from stack_ops.common import Settings, StackError, die, env, log, read_secret
 JOB = "serve"
 AUTH_INI = Path("/tmp/mlflow-auth/basic_auth.ini")
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# MLflow's own settings compose passes through; empty means MLflow's default.
+TUNABLES = (
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW",
+)
 
 
 def default_workers() -> int:
@@ -80,6 +86,10 @@ def main() -> int:
     for name, value in (("MLFLOW_AUTH_CACHE_TTL_SECONDS", cache_ttl), ("MLFLOW_WORKERS", workers)):
         if not value.isdigit():
             return die(JOB, f"{name}={value} is not a whole number")
+
+    for name in TUNABLES:  # unset when empty: MLflow reads "" as an invalid number
+        if not os.environ.get(name, "").strip():
+            os.environ.pop(name, None)
 
     try:
         write_auth_config(settings, permission, cache_ttl)

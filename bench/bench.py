@@ -1,0 +1,636 @@
+"""Benchmark the stack against a plain `mlflow server`, side by side, in one run.
+
+Brings up its own copy of the stack (own project name, free port, empty
+volumes) plus the baseline from bench/compose.bench.yaml, runs every
+workload against both minutes apart, prints a table with each target's
+PASS/MISS, writes JSON and a chart, and removes its copy (unless --keep).
+Host side: Python standard library only; the load runs in the `bench`
+container (bench/load.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_SERVICES = ("nginx", "gc")  # and everything they depend on; not the trainer
+
+SIZES = {
+    "full": {
+        "log_seconds": 60,
+        "log_big_seconds": 30,
+        "clients": 20,
+        "runs": 25000,
+        "points": 100000,
+        "search_repeat": 20,
+        "history_repeat": 5,
+        "artifact_mib": 1024,
+        "big_upload_mib": 5120,
+    },
+    "smoke": {
+        "log_seconds": 2,
+        "log_big_seconds": 2,
+        "clients": 4,
+        "runs": 200,
+        "points": 1000,
+        "search_repeat": 3,
+        "history_repeat": 2,
+        "artifact_mib": 8,
+        "big_upload_mib": 16,
+    },
+}
+WORKLOADS = ("logging", "search", "artifacts", "upload", "startup", "footprint")
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Compose:
+    def __init__(self, project: str, env: dict[str, str]) -> None:
+        self.project, self.env = project, env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "--project-name", self.project, *args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def timed_up(self, *services: str) -> float:
+        t0 = time.monotonic()
+        self.run("up", "--detach", "--wait", "--wait-timeout", "600", *services)
+        return round(time.monotonic() - t0, 1)
+
+    def load(self, *args: str, extra: tuple[str, ...] = ()) -> dict:
+        proc = self.run("run", "--rm", "-T", *extra, "bench", *args)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def containers(self) -> dict[str, str]:
+        """service name -> container id, running containers only."""
+        out = self.run("ps", "--format", "{{.Service}} {{.ID}}").stdout
+        found = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                found[parts[0]] = parts[1]
+        return found
+
+
+def memory_bytes(container_id: str) -> dict[str, int]:
+    """What `docker stats` shows (usage minus inactive file cache) and the
+    anonymous memory (the processes' own heap), from the container's cgroup."""
+    full = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", container_id], capture_output=True, text=True
+    ).stdout.strip()
+    for base in (Path("/sys/fs/cgroup/memory/docker") / full, Path(f"/sys/fs/cgroup/system.slice/docker-{full}.scope")):
+        stat_file = base / "memory.stat"
+        if stat_file.exists():
+            stat = dict(line.split() for line in stat_file.read_text().splitlines())
+            if (base / "memory.usage_in_bytes").exists():  # cgroup v1
+                usage = int((base / "memory.usage_in_bytes").read_text())
+                return {"stats": usage - int(stat.get("total_inactive_file", 0)), "anon": int(stat.get("total_rss", 0))}
+            usage = int((base / "memory.current").read_text())
+            return {"stats": usage - int(stat.get("inactive_file", 0)), "anon": int(stat.get("anon", 0))}
+    out = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container_id], capture_output=True, text=True
+    ).stdout
+    value = out.split("/")[0].strip()
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "B": 1}
+    for unit, mult in units.items():
+        if value.endswith(unit):
+            n = int(float(value[: -len(unit)]) * mult)
+            return {"stats": n, "anon": n}
+    return {"stats": 0, "anon": 0}
+
+
+def footprint(c: Compose) -> dict[str, int]:
+    return {svc: memory_bytes(cid)["stats"] for svc, cid in sorted(c.containers().items())}
+
+
+class Sampler(threading.Thread):
+    """Samples one container's memory twice a second until stopped."""
+
+    def __init__(self, container_id: str) -> None:
+        super().__init__(daemon=True)
+        self.cid, self.samples = container_id, []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append(memory_bytes(self.cid))
+            self.done.wait(0.5)
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        self.join()
+        return {
+            "peak_stats": max(s["stats"] for s in self.samples),
+            "peak_anon": max(s["anon"] for s in self.samples),
+            "samples": len(self.samples),
+        }
+
+
+def machine() -> dict:
+    def cmd(*args: str) -> str:
+        return subprocess.run(args, capture_output=True, text=True).stdout.strip()
+
+    mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    return {
+        "nproc": os.cpu_count(),
+        "mem_total_gib": round(int(mem.split()[1]) / (1 << 20), 1),
+        "kernel": platform.release(),
+        "docker": cmd("docker", "version", "--format", "{{.Server.Version}}"),
+        "compose": cmd("docker", "compose", "version", "--short"),
+        "compose_file": os.environ.get("COMPOSE_FILE", "compose.yaml"),
+        "images": {
+            k: os.environ.get(k, "(default)")
+            for k in (
+                "PYTHON_IMAGE",
+                "POSTGRES_IMAGE",
+                "NGINX_IMAGE",
+                "MINIO_IMAGE",
+                "SEAWEEDFS_IMAGE",
+                "MLFLOW_SERVER_IMAGE",
+            )
+        },
+    }
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None
+
+
+def targets(r: dict) -> list[dict]:
+    """Each target: what is compared, the measured value, PASS/MISS (or n/a when not measured)."""
+    rows: list[dict] = []
+
+    def add(name: str, value, goal: str, ok) -> None:
+        rows.append(
+            {
+                "target": name,
+                "value": value,
+                "goal": goal,
+                "result": "n/a" if ok is None else ("PASS" if ok else "MISS"),
+            }
+        )
+
+    lg = r.get("logging", {})
+    if lg:
+        s, b = lg["stack"], lg["baseline"]
+        q = ratio(s["req_per_s"], b["req_per_s"])
+        add("logging 10/batch: req/s stack/baseline", q, ">= 1.0", q is not None and q >= 1.0)
+        q = ratio(s["p99_ms"], b["p99_ms"])
+        add("logging 10/batch: p99 stack/baseline", q, "<= 1.0", q is not None and q <= 1.0)
+        worst = max(s["error_rate"], lg["stack_1000"]["error_rate"])
+        add("logging: stack error rate", f"{worst:.3%}", "< 0.1%", worst < 0.001)
+    ar = r.get("artifacts", {})
+    if ar:
+        q = ratio(ar["stack"]["upload_mb_s"], ar["s3"]["upload_mb_s"])
+        add("artifact upload MB/s stack/direct-S3", q, ">= 0.8", q >= 0.8)
+        q = ratio(ar["stack"]["download_mb_s"], ar["s3"]["download_mb_s"])
+        add("artifact download MB/s stack/direct-S3", q, ">= 0.9", q >= 0.9)
+    up = r.get("upload", {})
+    if up:
+        growth = up["memory"]["growth_stats_mb"]
+        add(
+            f"{up['mib']} MiB upload: mlflow-server memory growth MB",
+            growth,
+            "< 300",
+            up["ok"] and growth < 300,
+        )
+    se = r.get("search", {})
+    if se:
+        add(
+            "search_runs 1000 of seeded exp: stack p95 s",
+            round(se["stack"]["p95_ms"] / 1000, 3),
+            "<= 1.0",
+            se["stack"]["p95_ms"] <= 1000,
+        )
+        add(
+            "metric history: stack p50 s",
+            round(se["history_stack"]["p50_ms"] / 1000, 3),
+            "<= 0.5",
+            se["history_stack"]["p50_ms"] <= 500,
+        )
+    st = r.get("startup", {})
+    if st:
+        add("cold up --wait s", st["cold_s"], "<= 60", st["cold_s"] <= 60)
+    fp = r.get("footprint", {})
+    if fp:
+        gib = round(fp["stack_total_after_load"] / (1 << 30), 2)
+        add("idle memory, whole stack, after load GiB", gib, "<= 1.5", gib <= 1.5)
+    return rows
+
+
+def do_logging(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
+    lg = {}
+    for name, metrics, secs in (("", 10, size["log_seconds"]), ("_1000", 1000, size["log_big_seconds"])):
+        for tgt in tgts:
+            say(f"logging: {size['clients']} clients x {metrics} metrics/call, {secs}s, {tgt}")
+            res = c.load(
+                "logging", tgt, "--clients", str(size["clients"]), "--seconds", str(secs), "--metrics", str(metrics)
+            )
+            lg[tgt + name] = res
+            say(f"  {res['req_per_s']} req/s, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, errors {res['errors']}")
+    return lg
+
+
+def do_search(c: Compose, size: dict, tgts: tuple[str, ...], seeded: dict) -> dict:
+    se = {}
+    for tgt in tgts:
+        if f"seed_{tgt}" not in seeded:
+            say(f"seed {tgt}: {size['runs']} runs, {size['points']} points (bulk SQL)")
+            seeded[f"seed_{tgt}"] = c.load("seed", tgt, "--runs", str(size["runs"]), "--points", str(size["points"]))
+            say(f"  seeded in {seeded[f'seed_{tgt}']['seconds']}s")
+        se[f"seed_{tgt}"] = seeded[f"seed_{tgt}"]
+    for tgt in tgts:
+        seed = se[f"seed_{tgt}"]
+        args = ("--experiment-id", seed["experiment_id"], "--expect", str(seed["runs"]))
+        se[tgt] = res = c.load("search", tgt, *args, "--repeat", str(size["search_repeat"]))
+        say(f"search {tgt}: p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms")
+        args = ("--run-id", seed["history_run_id"], "--points", str(size["points"]))
+        se[f"history_{tgt}"] = res = c.load("history", tgt, *args, "--repeat", str(size["history_repeat"]))
+        say(f"history {tgt}: p50 {res['p50_ms']} ms")
+    return se
+
+
+def do_artifacts(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
+    ar = {}
+    for tgt in tgts:
+        say(f"artifacts {tgt}: {size['artifact_mib']} MiB up and down")
+        ar[tgt] = res = c.load("artifacts", tgt, "--mib", str(size["artifact_mib"]))
+        say(f"  up {res['upload_mb_s']} MB/s, down {res['download_mb_s']} MB/s")
+    return ar
+
+
+NGINX_VARIANTS = {
+    "default": [],
+    "no-gzip": [("gzip on;", "gzip off;")],
+    "gzip-level-1": [("gzip_comp_level 5;", "gzip_comp_level 1;")],
+    "no-upstream-keepalive": [("keepalive 32;", "")],
+    "artifact-read-256k": [
+        (
+            "            proxy_buffering off;\n",
+            "            proxy_buffering off;\n"
+            "            proxy_buffer_size 256k;\n"
+            "            proxy_buffers 8 256k;\n",
+        )
+    ],
+    "api-buffering-off": [("        location / {\n", "        location / {\n            proxy_buffering off;\n")],
+}
+
+
+def nginx_variant(name: str) -> str:
+    """nginx/nginx.conf with one lever changed, written under bench/results/."""
+    if name not in NGINX_VARIANTS:
+        raise SystemExit(f"NGINX_VARIANT={name}: not one of {', '.join(NGINX_VARIANTS)}")
+    text = (ROOT / "nginx" / "nginx.conf").read_text()
+    for old, new in NGINX_VARIANTS[name]:
+        if old not in text:
+            raise SystemExit(f"NGINX_VARIANT={name}: {old.strip()!r} not found in nginx/nginx.conf")
+        text = text.replace(old, new)
+    path = ROOT / "bench" / "results" / f"nginx-{name}.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return f"./bench/results/{path.name}"
+
+
+def do_matrix(c: Compose, size: dict, only: set[str], matrix: list[str], seeded: dict) -> dict:
+    """Each lever value in turn on the same stack (compose recreates only the
+    services whose settings changed), the chosen workloads on the stack only."""
+    out: dict = {}
+    for spec in matrix:
+        var, values = spec.split("=", 1)
+        saved = c.env.get(var)
+        for value in values.split(","):
+            c.env[var] = value
+            if var == "NGINX_VARIANT":
+                c.env["BENCH_NGINX_CONF"] = nginx_variant(value)
+            say(f"lever {var}={value!r}: up --wait")
+            res: dict = {"up_s": c.timed_up(*STACK_SERVICES)}
+            if "logging" in only:
+                res["logging"] = do_logging(c, size, ("stack",))
+            if "search" in only:
+                res["search"] = do_search(c, size, ("stack",), seeded)
+            if "artifacts" in only:
+                res["artifacts"] = do_artifacts(c, size, ("stack",))
+            if "footprint" in only:
+                res["footprint"] = footprint(c)
+            key = f"{var}={value}"
+            out[key if key not in out else f"{key} (again)"] = res
+        c.env.pop("BENCH_NGINX_CONF", None)
+        if saved is None:
+            c.env.pop(var, None)
+        else:
+            c.env[var] = saved
+        c.timed_up(*STACK_SERVICES)
+    return out
+
+
+def run(a: argparse.Namespace) -> int:
+    mode = "smoke" if a.smoke else "full"
+    size = dict(SIZES[mode])
+    for kv in a.size or []:
+        k, v = kv.split("=", 1)
+        if k not in size:
+            raise SystemExit(f"--size {k}: not one of {', '.join(size)}")
+        size[k] = type(size[k])(v)
+    only = set(a.only.split(",")) if a.only else set(WORKLOADS)
+    unknown = only - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(
+            f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}"
+        )
+
+    files = os.environ.get("COMPOSE_FILE", "compose.yaml")
+    env = {**os.environ, "COMPOSE_FILE": f"{files}:bench/compose.bench.yaml", "HTTP_BIND": "127.0.0.1"}
+    env["HTTP_PORT"] = str(free_port())
+    levers = dict(kv.split("=", 1) for kv in a.set or [])
+    env.update(levers)
+    c = Compose(a.project or f"mlflowbench{secrets.token_hex(3)}", env)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"{stamp}.json"
+    r: dict = {
+        "mode": mode,
+        "sizes": size,
+        "levers": levers,
+        "started": stamp,
+        "project": c.project,
+        "machine": machine(),
+    }
+    say(f"{mode} run, project {c.project}, workloads {', '.join(w for w in WORKLOADS if w in only)}")
+
+    try:
+        if not a.no_build:
+            say("building images (cached after the first time)")
+            c.run("build", "--quiet")
+        c.run("down", "--volumes", "--remove-orphans", check=False)
+        say("cold start: up --wait (empty volumes, images built), trainer not started")
+        cold = c.timed_up(*STACK_SERVICES)
+        r["startup"] = {"cold_s": cold}
+        say(f"  stack healthy in {cold}s")
+        r["footprint"] = {"stack_idle_after_start": footprint(c), "baseline_idle_after_start": 0}
+        if not a.matrix:  # levers are compared with each other, on the stack only
+            r["startup"]["baseline_after_stack_s"] = c.timed_up("baseline")
+            r["footprint"]["baseline_idle_after_start"] = footprint(c).get("baseline", 0)
+
+        seeded: dict = {}
+        if a.matrix:
+            r["matrix"] = do_matrix(c, size, only, a.matrix, seeded)
+            only = only & {"footprint"}
+        if "logging" in only:
+            r["logging"] = do_logging(c, size, ("baseline", "stack"))
+        if "search" in only:
+            r["search"] = do_search(c, size, ("baseline", "stack"), seeded)
+        if "artifacts" in only:
+            r["artifacts"] = do_artifacts(c, size, ("s3", "baseline", "stack"))
+
+        if "upload" in only:
+            cid = c.containers()["mlflow-server"]
+            before = memory_bytes(cid)
+            sampler = Sampler(cid)
+            sampler.start()
+            say(f"upload {size['big_upload_mib']} MiB through the stack, sampling mlflow-server memory")
+            ok, err = True, None
+            try:
+                res = c.load("upload", "stack", "--mib", str(size["big_upload_mib"]))
+            except RuntimeError as e:
+                ok, err, res = False, str(e)[-500:], {}
+            mem = sampler.stop()
+            mem.update(
+                {
+                    "before_stats": before["stats"],
+                    "before_anon": before["anon"],
+                    "growth_stats_mb": round((mem["peak_stats"] - before["stats"]) / 1e6, 1),
+                    "growth_anon_mb": round((mem["peak_anon"] - before["anon"]) / 1e6, 1),
+                }
+            )
+            r["upload"] = {"mib": size["big_upload_mib"], "ok": ok, "error": err, **res, "memory": mem}
+            say(
+                f"  ok={ok}, {res.get('upload_mb_s')} MB/s, memory growth {mem['growth_stats_mb']} MB "
+                f"(anon {mem['growth_anon_mb']} MB)"
+            )
+
+        fp = footprint(c)
+        r["footprint"]["after_load"] = fp
+        r["footprint"]["stack_total_after_load"] = sum(v for k, v in fp.items() if k != "baseline")
+        r["footprint"]["stack_total_after_start"] = sum(r["footprint"]["stack_idle_after_start"].values())
+        r["footprint"]["baseline_after_load"] = fp.get("baseline", 0)
+
+        if "startup" in only:
+            say("restart: stop everything, up --wait again (data kept)")
+            c.run("stop")
+            r["startup"]["restart_s"] = c.timed_up(*STACK_SERVICES)
+            say(f"  healthy again in {r['startup']['restart_s']}s")
+
+        r["targets"] = targets(r)
+        r["finished"] = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(r, indent=1) + "\n")
+        say(f"wrote {out}")
+        chart = Path(a.chart) if a.chart else out.with_suffix(".png")
+        render_chart(out, chart)
+        say(f"wrote {chart}")
+        print(table(r))
+        return 0
+    finally:
+        if a.keep:
+            say(f"kept: docker compose -p {c.project} ... (port {env['HTTP_PORT']})")
+        else:
+            c.run("--profile", "bench", "down", "--volumes", "--remove-orphans", check=False)
+
+
+def render_chart(results: Path, chart: Path) -> None:
+    """matplotlib runs in the server image (an MLflow dependency there), with
+    the bench code, the results and the chart's directory mounted in."""
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    image = os.environ.get("MLFLOW_SERVER_IMAGE", "mlflow-stack/mlflow-server:0.1.0")
+    cmd = ["docker", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}"]
+    cmd += ["-e", "MPLCONFIGDIR=/tmp/matplotlib", "-v", f"{ROOT / 'bench'}:/bench:ro"]
+    cmd += ["-v", f"{results.parent.resolve()}:/in:ro", "-v", f"{chart.parent.resolve()}:/out"]
+    cmd += ["--entrypoint", "python", image, "/bench/load.py", "chart", f"/in/{results.name}", f"/out/{chart.name}"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def table(r: dict) -> str:
+    lines = [f"\nmlflow-stack benchmark ({r['mode']}), {r['started']}, levers {r['levers'] or 'defaults'}"]
+    rows: list[tuple[str, object, object, object]] = []
+    lg = r.get("logging")
+    if lg:
+        for suffix, label in (("", "10"), ("_1000", "1000")):
+            b, s = lg["baseline" + suffix], lg["stack" + suffix]
+            for key, unit in (
+                ("req_per_s", "req/s"),
+                ("p50_ms", "p50 ms"),
+                ("p99_ms", "p99 ms"),
+                ("error_rate", "errors"),
+            ):
+                rows.append((f"log_batch {label} metrics: {unit}", b[key], s[key], ratio(s[key], b[key])))
+    se = r.get("search")
+    if se:
+        for key in ("p50_ms", "p95_ms"):
+            rows.append(
+                (
+                    f"search_runs 1000/{se['seed_stack']['runs']}: {key}",
+                    se["baseline"][key],
+                    se["stack"][key],
+                    ratio(se["stack"][key], se["baseline"][key]),
+                )
+            )
+        b, s = se["history_baseline"], se["history_stack"]
+        rows.append(
+            (f"get_metric_history {s['points']} pts: p50_ms", b["p50_ms"], s["p50_ms"], ratio(s["p50_ms"], b["p50_ms"]))
+        )
+    ar = r.get("artifacts")
+    if ar:
+        for key in ("upload_mb_s", "download_mb_s"):
+            rows.append(
+                (
+                    f"artifact {ar['s3']['mib']} MiB {key} (vs direct S3)",
+                    ar["s3"][key],
+                    ar["stack"][key],
+                    ratio(ar["stack"][key], ar["s3"][key]),
+                )
+            )
+            rows.append(
+                (
+                    f"artifact {ar['s3']['mib']} MiB {key} (plain mlflow)",
+                    ar["baseline"][key],
+                    ar["stack"][key],
+                    ratio(ar["stack"][key], ar["baseline"][key]),
+                )
+            )
+    up = r.get("upload")
+    if up:
+        rows.append(
+            (
+                f"{up['mib']} MiB upload: MB/s | peak-growth MB",
+                "",
+                f"{up.get('upload_mb_s')} | {up['memory']['growth_stats_mb']}",
+                "",
+            )
+        )
+    st = r.get("startup")
+    if st:
+        rows.append(("cold up --wait s | restart s", "", f"{st['cold_s']} | {st.get('restart_s', '-')}", ""))
+    fp = r.get("footprint")
+    if fp:
+        mib = 1 << 20
+        rows.append(
+            (
+                "idle memory MiB, after start",
+                round(fp["baseline_idle_after_start"] / mib),
+                round(fp["stack_total_after_start"] / mib),
+                "",
+            )
+        )
+        rows.append(
+            (
+                "idle memory MiB, after load",
+                round(fp["baseline_after_load"] / mib),
+                round(fp["stack_total_after_load"] / mib),
+                "",
+            )
+        )
+        for svc, v in fp["after_load"].items():
+            rows.append((f"  {svc}", "", round(v / mib), ""))
+    w = max(len(x[0]) for x in rows) + 2
+    lines.append(f"{'measure':<{w}}{'baseline':>14}{'stack':>18}{'ratio':>8}")
+    for name, b, s, q in rows:
+        lines.append(f"{name:<{w}}{fmt(b):>14}{fmt(s):>18}{fmt(q) if q != '' else '':>8}")
+    if r.get("matrix"):
+        lines.append("")
+        lines.append("levers (stack only, same run):")
+        for lever, m in r["matrix"].items():
+            parts = [f"up {m['up_s']}s"]
+            lg = m.get("logging")
+            if lg:
+                s10, s1k = lg["stack"], lg["stack_1000"]
+                parts.append(
+                    f"log10 {s10['req_per_s']} req/s p50 {s10['p50_ms']} p99 {s10['p99_ms']} err {s10['errors']}"
+                )
+                parts.append(f"log1000 {s1k['req_per_s']} req/s p99 {s1k['p99_ms']}")
+            se = m.get("search")
+            if se:
+                parts.append(f"search p50 {se['stack']['p50_ms']} p95 {se['stack']['p95_ms']}")
+                parts.append(f"history p50 {se['history_stack']['p50_ms']}")
+            ar = m.get("artifacts")
+            if ar:
+                parts.append(f"artifact up {ar['stack']['upload_mb_s']} down {ar['stack']['download_mb_s']} MB/s")
+            fp = m.get("footprint")
+            if fp:
+                parts.append(f"memory {round(sum(fp.values()) / (1 << 20))} MiB")
+            lines.append(f"  {lever:<40} " + "; ".join(parts))
+    lines.append("")
+    lines.append(f"{'target':<55}{'value':>10}  {'goal':<8} result")
+    for t in r["targets"]:
+        lines.append(f"{t['target']:<55}{fmt(t['value']):>10}  {t['goal']:<8} {t['result']}")
+    if r["mode"] == "smoke":
+        lines.append("(smoke sizes: the PASS/MISS above says nothing about performance)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--smoke", action="store_true", help="every workload at tiny sizes (seconds); what CI runs")
+    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(WORKLOADS)}")
+    p.add_argument("--size", action="append", metavar="NAME=N", help=f"override one size: {', '.join(SIZES['full'])}")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="VAR=VALUE",
+        help="a stack setting (lever) for this run, e.g. MLFLOW_WORKERS=4",
+    )
+    p.add_argument(
+        "--matrix",
+        action="append",
+        metavar="VAR=V1,V2",
+        help="measure a lever: the --only workloads on the stack for each value (repeatable)",
+    )
+    p.add_argument("--out", help="results JSON (default bench/results/<UTC time>.json)")
+    p.add_argument("--chart", help="chart PNG (default: next to the JSON)")
+    p.add_argument("--project", help="compose project name (default: mlflowbench<random>)")
+    p.add_argument("--keep", action="store_true", help="leave the benchmark's stack running")
+    p.add_argument("--no-build", action="store_true", help="use the images as they are")
+    p.add_argument("--report", metavar="JSON", help="print the table and redraw the chart of an earlier run, then exit")
+    a = p.parse_args()
+    if a.report:
+        results = Path(a.report)
+        r = json.loads(results.read_text())
+        r["targets"] = targets(r)
+        render_chart(results, Path(a.chart) if a.chart else results.with_suffix(".png"))
+        print(table(r))
+        return 0
+    return run(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
