@@ -478,6 +478,11 @@ def fmt(v) -> str:
     return str(v)
 
 
+def compare(label: str, baseline, stack) -> tuple[str, object, object, object]:
+    """One table row: the baseline's value, the stack's, and stack/baseline."""
+    return (label, baseline, stack, ratio(stack, baseline))
+
+
 def table(r: dict) -> str:
     lines = [f"\nmlflow-stack benchmark ({r['mode']}), {r['started']}, levers {r['levers'] or 'defaults'}"]
     rows: list[tuple[str, object, object, object]] = []
@@ -491,41 +496,20 @@ def table(r: dict) -> str:
                 ("p99_ms", "p99 ms"),
                 ("error_rate", "errors"),
             ):
-                rows.append((f"log_batch {label} metrics: {unit}", b[key], s[key], ratio(s[key], b[key])))
+                rows.append(compare(f"log_batch {label} metrics: {unit}", b[key], s[key]))
     se = r.get("search")
     if se:
         for key in ("p50_ms", "p95_ms"):
-            rows.append(
-                (
-                    f"search_runs 1000/{se['seed_stack']['runs']}: {key}",
-                    se["baseline"][key],
-                    se["stack"][key],
-                    ratio(se["stack"][key], se["baseline"][key]),
-                )
-            )
+            label = f"search_runs 1000/{se['seed_stack']['runs']}: {key}"
+            rows.append(compare(label, se["baseline"][key], se["stack"][key]))
         b, s = se["history_baseline"], se["history_stack"]
-        rows.append(
-            (f"get_metric_history {s['points']} pts: p50_ms", b["p50_ms"], s["p50_ms"], ratio(s["p50_ms"], b["p50_ms"]))
-        )
+        rows.append(compare(f"get_metric_history {s['points']} pts: p50_ms", b["p50_ms"], s["p50_ms"]))
     ar = r.get("artifacts")
     if ar:
         for key in ("upload_mb_s", "download_mb_s"):
-            rows.append(
-                (
-                    f"artifact {ar['s3']['mib']} MiB {key} (vs direct S3)",
-                    ar["s3"][key],
-                    ar["stack"][key],
-                    ratio(ar["stack"][key], ar["s3"][key]),
-                )
-            )
-            rows.append(
-                (
-                    f"artifact {ar['s3']['mib']} MiB {key} (plain mlflow)",
-                    ar["baseline"][key],
-                    ar["stack"][key],
-                    ratio(ar["stack"][key], ar["baseline"][key]),
-                )
-            )
+            mib = ar["s3"]["mib"]
+            rows.append(compare(f"artifact {mib} MiB {key} (vs direct S3)", ar["s3"][key], ar["stack"][key]))
+            rows.append(compare(f"artifact {mib} MiB {key} (plain mlflow)", ar["baseline"][key], ar["stack"][key]))
     up = r.get("upload")
     if up:
         rows.append(

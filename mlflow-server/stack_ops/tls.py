@@ -50,6 +50,21 @@ RENEW_BEFORE = dt.timedelta(days=30)
 CERTIFI_BUNDLE_HINT = "the public CA bundle (certifi)"
 
 
+def key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; the server certificate only signs its handshakes."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -255,17 +270,7 @@ def generate_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .not_valid_after(t + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage(ca=True),
             critical=True,
         )
         .add_extension(ski, critical=False)
@@ -308,17 +313,7 @@ def issue_server(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, names
         .add_extension(x509.SubjectAlternativeName([general_name(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage(ca=False),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
