@@ -43,10 +43,11 @@ class Target:
 
 
 def target(name: str) -> Target:
+    admin = (env("MLFLOW_ADMIN_USERNAME", "admin"), read_secret("mlflow_admin_password"))
     if name == "stack":
-        return Target(
-            name, "http://nginx:8080", (env("MLFLOW_ADMIN_USERNAME", "admin"), read_secret("mlflow_admin_password"))
-        )
+        return Target(name, "http://nginx:8080", admin)
+    if name == "server":  # the stack's server without nginx in front: what auth alone costs
+        return Target(name, "http://mlflow-server:5000", admin)
     if name == "baseline":
         # By IP: MLflow's default Host allow-list accepts private addresses,
         # not the compose service name, and the baseline keeps its defaults.
@@ -159,16 +160,21 @@ def cmd_logging(a: argparse.Namespace) -> dict:
         "expected_points_m0": n - err + a.warmup * a.clients - sum(warm_errors),
         "clients": a.clients,
         "metrics_per_call": a.metrics,
+        "latencies_ms": [round(x * 1000, 1) for x in lat],  # scripts/bench merges rounds with these
     }
 
 
 # --- seeding (bulk SQL, not HTTP) ----------------------------------------------
+def db_uri(t: Target) -> str:
+    if t.name == "baseline":
+        os.environ["MLFLOW_DB_NAME"] = "mlflow_baseline"
+    return Settings.from_env().tracking_uri()
+
+
 def engine_for(t: Target):
     from sqlalchemy import create_engine
 
-    if t.name == "baseline":
-        os.environ["MLFLOW_DB_NAME"] = "mlflow_baseline"
-    return create_engine(Settings.from_env().tracking_uri())
+    return create_engine(db_uri(t))
 
 
 def cmd_seed(a: argparse.Namespace) -> dict:
@@ -308,6 +314,46 @@ def cmd_history(a: argparse.Namespace) -> dict:
         "points": a.points,
         "p50_ms": round(pct(lat, 0.5) * 1000, 1),
         "max_ms": round(max(lat) * 1000, 1),
+        "breakdown": history_breakdown(t, a.run_id, a.points),
+    }
+
+
+def history_breakdown(t: Target, run_id: str, points: int) -> dict:
+    """Where a full history's time goes: the calls MLflow's get-history handler
+    makes (the store's query into Metric objects, then protobuf and JSON) and
+    the client's parse, run here one 25,000-point page at a time, as the
+    client pages. What is left of the HTTP time is transport, nginx and auth."""
+    from mlflow.entities import Metric
+    from mlflow.protos.service_pb2 import GetMetricHistory
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.utils.proto_json_utils import message_to_json, parse_dict
+
+    store = SqlAlchemyStore(db_uri(t), "mlflow-artifacts:/")
+    query = serialize = parse = 0.0
+    got, size, token = 0, 0, None
+    while True:
+        t0 = time.perf_counter()
+        page = store.get_metric_history(run_id, "curve", max_results=25000, page_token=token)
+        t1 = time.perf_counter()
+        response = GetMetricHistory.Response()
+        response.metrics.extend([m.to_proto() for m in page])
+        body = message_to_json(response)
+        t2 = time.perf_counter()
+        parsed = GetMetricHistory.Response()
+        parse_dict(json.loads(body), parsed)
+        got += len([Metric.from_proto(m) for m in parsed.metrics])
+        t3 = time.perf_counter()
+        query, serialize, parse, size = query + t1 - t0, serialize + t2 - t1, parse + t3 - t2, size + len(body)
+        token = page.token
+        if not token:
+            break
+    if got != points:
+        raise SystemExit(f"history breakdown read {got} points, expected {points}")
+    return {
+        "store_query_ms": round(query * 1000, 1),
+        "proto_json_ms": round(serialize * 1000, 1),
+        "client_parse_ms": round(parse * 1000, 1),
+        "json_mb": round(size / 1e6, 1),
     }
 
 

@@ -53,6 +53,23 @@ class Stack:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    def script(self, name: str, *args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+        """An operator's command, exactly as documented: scripts/NAME ARGS, aimed at this stack."""
+        cmd = [str(ROOT / "scripts" / name), *args]
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **self.env, "COMPOSE_PROJECT_NAME": self.project},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(
+                f"scripts/{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
     def up(self) -> None:
         self.compose("up", "--detach", "--wait", "--wait-timeout", "300")
 

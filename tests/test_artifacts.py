@@ -74,3 +74,32 @@ def test_server_advertises_proxied_transfers_only(stack: Stack, http) -> None:
         assert info["multipart_downloads_enabled"] is False
     r = http.get(f"{stack.url}/api/2.0/mlflow-artifacts/presigned/0/x/artifacts/a.bin", timeout=10)
     assert r.status_code == 501
+
+
+def test_clients_that_force_multipart_fall_back_to_the_proxy(
+    stack: Stack, tracking: None, tmp_path: Path, monkeypatch
+) -> None:
+    # Teammates who set MLflow's multipart switches (common advice for big
+    # models) must still get their artifact stored and back, through the proxy:
+    # the stack refuses presigned/multipart S3 transfers in the words MLflow's
+    # client takes as "not supported here" instead of failing the upload.
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "true")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", str(1 << 20))
+    monkeypatch.setenv("MLFLOW_MULTIPART_DOWNLOAD_MINIMUM_FILE_SIZE", str(1 << 20))
+    size = 3 * (1 << 20) + 7
+    src = tmp_path / "model.bin"
+    digest = write_random(src, size)
+
+    mlflow.set_experiment(unique("multipart"))
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(src))
+    out = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="model.bin", dst_path=str(tmp_path / "dl")
+        )
+    )
+    assert sha256_file(out) == digest
+
+    rel = run.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
+    assert stack.bucket_objects(rel)["objects"] == {f"{rel}/model.bin": {"size": size, "sha256": digest}}

@@ -18,16 +18,13 @@ import requests
 from mlflow.server import get_app_client
 from sklearn.linear_model import LogisticRegression
 
-from stack import ROOT, Stack, free_port, unique
+from stack import Stack, free_port, unique
 
 ROWS = pd.DataFrame({"x1": np.linspace(0, 1, 40), "x2": np.linspace(1, 0, 40) ** 2})
 
 
 def script(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **stack.env, "COMPOSE_PROJECT_NAME": stack.project}
-    return subprocess.run(
-        [str(ROOT / "scripts" / args[0]), *args[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+    return stack.script(*args)
 
 
 def use(stack: Stack, user: str, password: str, monkeypatch) -> mlflow.MlflowClient:

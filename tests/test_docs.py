@@ -47,8 +47,8 @@ ELSEWHERE = {
     ),
     "docker compose down -v": ("tests/test_backup.py", 'other.compose("down", "--volumes"'),
     "export COMPOSE_PROJECT_NAME=drill HTTP_PORT=8081": (
-        "tests/test_backup.py",
-        '"COMPOSE_PROJECT_NAME": stack.project',
+        "tests/stack.py",
+        '"COMPOSE_PROJECT_NAME": self.project',
     ),
     "scripts/backup": ("tests/test_backup.py", 'script(stack, "backup"'),
     "scripts/backup --out /tmp/drill": ("tests/test_backup.py", 'script(stack, "backup", "--out"'),

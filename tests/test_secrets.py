@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow.server.auth as mlflow_auth
 import pytest
 
 from stack import Stack, unique
@@ -60,22 +61,27 @@ def test_two_fresh_stacks_never_share_secrets(stack: Stack, other: Stack) -> Non
     assert dump(other) == theirs
 
 
+# MLflow's own former default admin password (GHSA-gq3w-7jj3-x7gr), taken from the
+# installed package rather than written out here.
+MLFLOW_LEGACY_DEFAULT = mlflow_auth._LEGACY_DEFAULT_ADMIN_PASSWORD
+
+
 @pytest.mark.parametrize(
-    ("variable", "value"),
+    ("variable", "value", "reason"),
     [
-        ("MLFLOW_ADMIN_PASSWORD", "password1234"),
-        ("S3_ACCESS_KEY", "minioadmin"),
-        ("S3_SECRET_KEY", "minio123"),
-        ("POSTGRES_PASSWORD", "postgres"),
-        ("MLFLOW_DB_PASSWORD", "short"),
+        ("MLFLOW_ADMIN_PASSWORD", MLFLOW_LEGACY_DEFAULT, "is a well-known default"),
+        ("S3_SECRET_KEY", MLFLOW_LEGACY_DEFAULT.upper(), "is a well-known default"),
+        ("POSTGRES_PASSWORD", "postgres", "is a well-known default"),
+        ("MLFLOW_DB_PASSWORD", "short", "is shorter than 12 characters"),
+        ("S3_ACCESS_KEY", "has a space in the middle", "contains whitespace"),
     ],
 )
-def test_weak_override_is_refused_and_changes_nothing(other: Stack, variable: str, value: str) -> None:
+def test_weak_override_is_refused_and_changes_nothing(other: Stack, variable: str, value: str, reason: str) -> None:
     # (An empty value counts as unset: a strong one is generated instead.)
     first = dump(other)
     proc = other.compose("run", "--rm", "--no-deps", "-e", f"{variable}={value}", "secrets", check=False)
     assert proc.returncode != 0
-    assert variable in proc.stderr
+    assert f"{variable} {reason}" in proc.stderr
     assert "generated" not in proc.stdout
     assert dump(other) == first
 

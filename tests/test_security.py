@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import socket
 import struct
@@ -24,7 +24,7 @@ import uuid
 import pytest
 import requests
 
-from stack import ROOT, Stack, unique
+from stack import Stack, unique
 
 PUBLIC = {"/health"}  # the load balancer probe: answers "OK", nothing else
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -35,17 +35,7 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 def users(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """The operator's command, exactly as documented: scripts/users ..."""
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "users"), *args],
-        cwd=ROOT,
-        env={**os.environ, **stack.env, "COMPOSE_PROJECT_NAME": stack.project},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"scripts/users {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return stack.script("users", *args, check=check, timeout=300)
 
 
 def password_of(proc: subprocess.CompletedProcess) -> str:
@@ -493,34 +483,49 @@ print(json.dumps(out))
 """
 
 
-def probe_from_a_container(stack: Stack, code: str) -> dict:
-    """Run Python in a throwaway container on the front network (its own address)."""
-    out = stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "trainer", "-c", code).stdout
-    return json.loads(out.strip().splitlines()[-1])
+@contextlib.contextmanager
+def client_on_the_network(stack: Stack):
+    """One container, one address, for several probes (a lockout is per address)."""
+    name = unique("probe")
+    stack.compose("run", "-d", "--rm", "--no-deps", "--name", name, "--entrypoint", "sleep", "trainer", "900")
+
+    def probe(code: str) -> dict:
+        out = subprocess.run(["docker", "exec", name, "python", "-c", code], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    try:
+        yield probe
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
 def test_failed_sign_ins_lock_the_address_out(stack: Stack, teammates) -> None:
     name, password = teammates["alice"]
-    result = probe_from_a_container(stack, PROBE.replace("USER", name).replace("PASSWORD", password))
-    wrong = result["wrong"]
-    assert wrong[:10] == [401] * 10  # MLFLOW_AUTH_MAX_FAILURES=10
-    assert wrong[10:] == [429, 429]
-    status, retry_after, text = result["right"]
-    assert status == 429  # even the right password, while locked out: guessing stops paying
-    assert 0 < int(retry_after) <= 300
-    assert "Too many failed sign-in attempts" in text
-    assert result["spoofed"] == 429  # nginx overwrites X-Real-IP
-    # Other addresses are unaffected (this test process is one).
-    assert as_user((name, password)).get(stack.url + SEARCH, timeout=10).status_code == 200
-    # The operator can lift it early.
-    unlocked = users(stack, "unlock", result["address"])
-    assert "forgotten" in unlocked.stdout
-    again = probe_from_a_container(
-        stack,
+    right = (
         "import json, requests; print(json.dumps({'s': requests.get("
-        f"'http://nginx:8080{SEARCH}', auth=({name!r}, {password!r}), timeout=30).status_code}}))",
+        f"'http://nginx:8080{SEARCH}', auth=({name!r}, {password!r}), timeout=30).status_code}}))"
     )
-    assert again == {"s": 200}
+    with client_on_the_network(stack) as probe:
+        result = probe(PROBE.replace("USER", name).replace("PASSWORD", password))
+        wrong = result["wrong"]
+        assert wrong[:10] == [401] * 10  # MLFLOW_AUTH_MAX_FAILURES=10
+        assert wrong[10:] == [429, 429]
+        status, retry_after, text = result["right"]
+        assert status == 429  # even the right password, while locked out: guessing stops paying
+        assert 0 < int(retry_after) <= 300
+        assert "Too many failed sign-in attempts" in text
+        assert result["spoofed"] == 429  # nginx overwrites X-Real-IP
+        # Other addresses are unaffected (this test process is one).
+        assert as_user((name, password)).get(stack.url + SEARCH, timeout=10).status_code == 200
+        # The count outlives a server restart, even one that lost its /tmp.
+        stack.compose("exec", "-T", "mlflow-server", "rm", "-rf", "/tmp/stack-auth-failures")
+        stack.compose("restart", "mlflow-server")
+        stack.compose("up", "--detach", "--wait", "--wait-timeout", "300", "mlflow-server", "nginx")
+        assert probe(right) == {"s": 429}
+        # The operator can lift it early.
+        unlocked = users(stack, "unlock", result["address"])
+        assert "forgotten" in unlocked.stdout
+        assert probe(right) == {"s": 200}
 
 
 # --- containers ---------------------------------------------------------------

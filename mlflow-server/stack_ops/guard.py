@@ -28,19 +28,24 @@ routes alike. This one wraps MLflow's own `authenticate_request_basic_auth`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
 import random
 import re
 import threading
+import time
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from flask import Response, request
+from flask import Response, g, request
 
 MAX_FAILURES = int(os.environ.get("MLFLOW_AUTH_MAX_FAILURES", "10"))
 WINDOW_SECONDS = int(os.environ.get("MLFLOW_AUTH_LOCKOUT_SECONDS", "300"))
 BUCKET = os.environ.get("S3_BUCKET", "mlflow")
+# Shared by the server's workers (the container's /tmp, a disk volume).
+HINTS = Path("/tmp/stack-auth-failures")
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS stack_auth_failures (
@@ -78,10 +83,31 @@ def client_address() -> str:
     return request.headers.get("X-Real-IP") or request.remote_addr or "unknown"
 
 
+def _hint(address: str) -> Path:
+    return HINTS / hashlib.sha256(address.encode()).hexdigest()[:32]
+
+
+def mark_failed(address: str) -> None:
+    """Leave a hint, seen by every worker of this container, that `address`
+    has failed recently: the only addresses whose count is worth a query."""
+    HINTS.mkdir(mode=0o700, exist_ok=True)
+    _hint(address).touch()
+
+
 def seconds_locked(address: str) -> int:
-    """0 if the address may try a password, else seconds until it may."""
+    """0 if the address may try a password, else seconds until it may.
+
+    PostgreSQL holds the count. Every failure passes through this container
+    and leaves a hint file first, so an address without a fresh hint has no
+    failure in the window and needs no query: the common case, a teammate
+    with the right password, costs one stat() instead of a round trip."""
     import sqlalchemy
 
+    try:
+        if time.time() - _hint(address).stat().st_mtime > WINDOW_SECONDS:
+            return 0
+    except FileNotFoundError:
+        return 0
     with _db().connect() as conn:
         row = conn.execute(
             sqlalchemy.text(
@@ -97,6 +123,7 @@ def seconds_locked(address: str) -> int:
 def record_failure(address: str, username: str) -> None:
     import sqlalchemy
 
+    mark_failed(address)
     with _db().begin() as conn:
         conn.execute(
             sqlalchemy.text("INSERT INTO stack_auth_failures (address, username) VALUES (:a, :u)"),
@@ -104,6 +131,28 @@ def record_failure(address: str, username: str) -> None:
         )
         if random.random() < 0.02:  # keep the table small
             conn.execute(sqlalchemy.text("DELETE FROM stack_auth_failures WHERE at < now() - interval '1 day'"))
+
+
+def restore_hints() -> int:
+    """At server start: a hint for every address with failures in the window,
+    so a restart (or a fresh /tmp) never forgets a lockout. Returns how many."""
+    import sqlalchemy
+
+    from stack_ops.common import StackError
+
+    try:
+        with _db().connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT DISTINCT address FROM stack_auth_failures WHERE at > now() - make_interval(secs => :w)"
+                ),
+                {"w": WINDOW_SECONDS},
+            ).all()
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise StackError(f"cannot read failed sign-ins (stack_auth_failures; run the migrate job): {e}") from e
+    for (address,) in rows:
+        mark_failed(address)
+    return len(rows)
 
 
 def artifact_location_problem(location: str) -> str | None:
@@ -178,6 +227,15 @@ def policy_violation() -> Response | None:
 
 
 def authenticate_request():
+    """MLflow calls this several times per request (its before-request hook, then
+    `sender_is_admin()` and the permission validators each ask again): decide
+    once per request, so the lockout query and the body checks run once."""
+    if "stack_auth" not in g:
+        g.stack_auth = _decide()
+    return g.stack_auth
+
+
+def _decide():
     from mlflow.server.auth import authenticate_request_basic_auth
 
     if request.authorization is None:

@@ -7,6 +7,7 @@ values are refused before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import string
@@ -19,16 +20,20 @@ from stack_ops.common import die, log
 JOB = "secrets"
 TARGET = Path(os.environ.get("STACK_SECRETS_TARGET", "/secrets"))
 MIN_LENGTH = 12
-KNOWN_DEFAULTS = {
-    "admin",
-    "changeme",
-    "minio123",
-    "minioadmin",
-    "mlflow",
-    "password",
-    "password1234",
-    "postgres",
-    "secret",
+# Values that ship as defaults somewhere (images, tutorials, MLflow itself) or
+# are the first guess for a service, compared lower-cased. Kept as sha256 so the
+# repository never holds a value that reads like a working credential; the
+# comment says where each comes from.
+KNOWN_DEFAULT_DIGESTS = {
+    "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918",  # "admin"
+    "057ba03d6c44104863dc7361fe4578965d1887360f90a0895882e58a6248fc86",  # the usual placeholder
+    "179c076ac522159dbbd50d4f1d84faf05551fe5b59d7e5824a800d46559fb1d1",  # MinIO tutorials' secret
+    "ad9858116e63b0c5a4d7dc7f50f034c7247e56838dae22c1832712ffde48e694",  # MinIO's root user and password
+    "b1a8f0a4d2aae9e01582f244dadd434276725eb1db0cea11ca8bcfcbef640eb6",  # "mlflow"
+    "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",  # "password"
+    "b9c950640e1b3740e98acb93e669c65766f6670dd1609ba91ff41052ba48c6f3",  # MLflow's legacy admin password
+    "a942b37ccfaf5a813b1432caa209a43b9d144e47ad0de1549c289c253e556cd5",  # "postgres"
+    "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b",  # "secret"
 }
 
 
@@ -58,7 +63,7 @@ def generate(spec: Spec) -> str:
 
 
 def weakness(value: str) -> str | None:
-    if value.lower() in KNOWN_DEFAULTS:
+    if hashlib.sha256(value.lower().encode()).hexdigest() in KNOWN_DEFAULT_DIGESTS:
         return "is a well-known default"
     if len(value) < MIN_LENGTH:
         return f"is shorter than {MIN_LENGTH} characters"

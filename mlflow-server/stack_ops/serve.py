@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from stack_ops.common import Settings, StackError, die, env, log, read_secret
+from stack_ops.guard import restore_hints
 
 JOB = "serve"
 AUTH_INI = Path("/tmp/mlflow-auth/basic_auth.ini")
@@ -93,11 +94,14 @@ def main() -> int:
 
     try:
         write_auth_config(settings, permission, cache_ttl)
+        locked = restore_hints()
         os.environ.update(settings.s3_env())
         os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
         tracking_uri = settings.tracking_uri()
     except StackError as e:
         return die(JOB, str(e))
+    if locked:
+        log(JOB, f"{locked} client address(es) with recent failed sign-ins: lockout counts kept")
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_INI)
     # Model versions may only point into this stack's artifact store (or at
     # runs/models MLflow resolves there); never file:, other buckets or `..`.
