@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from quantiles import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK_SERVICES = ("nginx", "gc")  # and everything they depend on; not the trainer
 
@@ -128,10 +130,14 @@ def memory_bytes(container_id: str) -> dict[str, int]:
     return {"stats": 0, "anon": 0}
 
 
-def footprint(c: Compose, kind: str = "stats") -> dict[str, int]:
-    """Each container's memory: `stats` as docker stats shows it (file cache in
-    use included), or `anon`, the processes' own memory."""
-    return {svc: memory_bytes(cid)[kind] for svc, cid in sorted(c.containers().items())}
+def memory_by_service(c: Compose) -> dict[str, dict[str, int]]:
+    """Each container's memory, both ways memory_bytes() reads it."""
+    return {svc: memory_bytes(cid) for svc, cid in sorted(c.containers().items())}
+
+
+def footprint(c: Compose) -> dict[str, int]:
+    """Each container's memory as `docker stats` shows it."""
+    return {svc: m["stats"] for svc, m in memory_by_service(c).items()}
 
 
 class Sampler(threading.Thread):
@@ -296,19 +302,15 @@ def targets(r: dict) -> list[dict]:
 def merge_rounds(rounds: list[dict]) -> dict:
     """One target's logging rounds as one measurement: calls and time summed,
     percentiles over every call's latency."""
-    lat = sorted(x for r in rounds for x in r.pop("latencies_ms"))
+    lat = [x for r in rounds for x in r.pop("latencies_ms")]
     n, err, secs = (sum(r[k] for r in rounds) for k in ("requests", "errors", "seconds"))
-
-    def pct(q: float) -> float:
-        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
-
     return {
         "requests": n,
         "errors": err,
         "seconds": round(secs, 2),
         "req_per_s": round(n / secs, 2),
-        "p50_ms": pct(0.5),
-        "p99_ms": pct(0.99),
+        "p50_ms": round(pct(lat, 0.5), 1),
+        "p99_ms": round(pct(lat, 0.99), 1),
         "error_rate": round(err / n, 5) if n else 1.0,
         "stored_points_m0": sum(r["stored_points_m0"] for r in rounds),
         "expected_points_m0": sum(r["expected_points_m0"] for r in rounds),
@@ -335,13 +337,15 @@ def settle(limit: float = 180, idle: float = 0.8) -> float:
     """Wait until the machine is quiet (two 2 s windows at >= 80% idle CPU, at
     most `limit` s): a server that has just started (the baseline's job
     runner imports MLflow in 8 processes) or a stack just recreated must not
-    be measured while it still burns CPU. Returns the seconds waited."""
+    be measured while it still burns CPU. Says how long it waited."""
     t0, quiet = time.monotonic(), 0
     while time.monotonic() - t0 < limit and quiet < 2:
         quiet = quiet + 1 if cpu_idle() >= idle else 0
     waited = round(time.monotonic() - t0, 1)
     if quiet < 2:
         say(f"  machine still busy after {waited}s; measuring anyway")
+    else:
+        say(f"  waited {waited}s for a quiet machine")
     return waited
 
 
@@ -352,7 +356,7 @@ def do_logging(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
     lg = {}
     for name, metrics, secs in (("", 10, size["log_seconds"]), ("_1000", 1000, size["log_big_seconds"])):
         rounds = size["log_rounds"]
-        say(f"  waited {settle(size['settle_s'])}s for a quiet machine")
+        settle(size["settle_s"])
         share = max(1, round(secs / rounds))
         got: dict[str, list[dict]] = {tgt: [] for tgt in tgts}
         for i in range(rounds):
@@ -375,7 +379,7 @@ def do_search(c: Compose, size: dict, tgts: tuple[str, ...], seeded: dict) -> di
             seeded[f"seed_{tgt}"] = c.load("seed", tgt, "--runs", str(size["runs"]), "--points", str(size["points"]))
             say(f"  seeded in {seeded[f'seed_{tgt}']['seconds']}s")
         se[f"seed_{tgt}"] = seeded[f"seed_{tgt}"]
-    say(f"  waited {settle(size['settle_s'])}s for a quiet machine")
+    settle(size["settle_s"])
     for tgt in tgts:
         seed = se[f"seed_{tgt}"]
         args = ("--experiment-id", seed["experiment_id"], "--expect", str(seed["runs"]))
@@ -389,7 +393,7 @@ def do_search(c: Compose, size: dict, tgts: tuple[str, ...], seeded: dict) -> di
 
 def do_artifacts(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
     ar = {}
-    say(f"  waited {settle(size['settle_s'])}s for a quiet machine")
+    settle(size["settle_s"])
     for tgt in tgts:
         say(f"artifacts {tgt}: {size['artifact_mib']} MiB up and down")
         ar[tgt] = res = c.load("artifacts", tgt, "--mib", str(size["artifact_mib"]))
@@ -523,12 +527,13 @@ def run(a: argparse.Namespace) -> int:
         if "upload" in only:
             r["upload"] = big_upload(c, size["big_upload_mib"])
 
-        fp = footprint(c)
+        mem = memory_by_service(c)
+        fp = {svc: m["stats"] for svc, m in mem.items()}
         r["footprint"]["after_load"] = fp
         r["footprint"]["stack_total_after_load"] = sum(v for k, v in fp.items() if k != "baseline")
         r["footprint"]["stack_total_after_start"] = sum(r["footprint"]["stack_idle_after_start"].values())
         r["footprint"]["baseline_after_load"] = fp.get("baseline", 0)
-        anon = footprint(c, "anon")
+        anon = {svc: m["anon"] for svc, m in mem.items()}
         r["footprint"]["after_load_anon"] = anon
         r["footprint"]["stack_anon_after_load"] = sum(v for k, v in anon.items() if k != "baseline")
 

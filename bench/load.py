@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 import requests
+from quantiles import pct
 from urllib3.util.retry import Retry
 
 from stack_ops.common import Settings, env, read_secret
@@ -70,15 +71,6 @@ def api(s: requests.Session, t: Target, method: str, path: str, **kw) -> dict:
     r = s.request(method, f"{t.url}/api/2.0/mlflow/{path}", timeout=300, **kw)
     r.raise_for_status()
     return r.json()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def new_experiment(s: requests.Session, t: Target, prefix: str) -> str:

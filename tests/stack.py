@@ -39,36 +39,21 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "--project-name", self.project, *args]
+    def _run(self, cmd: list[str], env: dict[str, str], check: bool, timeout: float) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            cmd, cwd=ROOT, env={**os.environ, **self.env, **env}, capture_output=True, text=True, timeout=timeout
         )
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self._run(["docker", "compose", "--project-name", self.project, *args], {}, check, timeout)
+
     def script(self, name: str, *args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
         """An operator's command, exactly as documented: scripts/NAME ARGS, aimed at this stack."""
-        cmd = [str(ROOT / "scripts" / name), *args]
-        proc = subprocess.run(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **self.env, "COMPOSE_PROJECT_NAME": self.project},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(
-                f"scripts/{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
+        env = {"COMPOSE_PROJECT_NAME": self.project}
+        return self._run([str(ROOT / "scripts" / name), *args], env, check, timeout)
 
     def up(self) -> None:
         self.compose("up", "--detach", "--wait", "--wait-timeout", "300")

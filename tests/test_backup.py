@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import secrets
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -21,10 +20,6 @@ from sklearn.linear_model import LogisticRegression
 from stack import Stack, free_port, unique
 
 ROWS = pd.DataFrame({"x1": np.linspace(0, 1, 40), "x2": np.linspace(1, 0, 40) ** 2})
-
-
-def script(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    return stack.script(*args)
 
 
 def use(stack: Stack, user: str, password: str, monkeypatch) -> mlflow.MlflowClient:
@@ -77,7 +72,7 @@ def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypat
     ids = {"run_id": run.info.run_id, "model": name}
     before = snapshot(client, ids, tmp_path / "before")
 
-    made = script(stack, "backup", "--out", str(tmp_path / "archives"))
+    made = stack.script("backup", "--out", str(tmp_path / "archives"))
     assert made.returncode == 0, made.stderr
     archive = next((tmp_path / "archives").glob("mlflow-backup-*.tar.gz"))
 
@@ -95,15 +90,15 @@ def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypat
     target_admin = ("admin", target.secret("mlflow_admin_password"))
     empty = requests.get(f"{target.url}/api/2.0/mlflow/experiments/search?max_results=10", auth=target_admin).json()
     for bad, message in ((truncated, "not a complete backup archive"), (tampered, "does not match the manifest")):
-        refused = script(target, "restore", str(bad))
+        refused = target.script("restore", str(bad))
         assert refused.returncode == 1
         assert message in refused.stderr
-    refused = script(stack, "restore", str(archive))
+    refused = stack.script("restore", str(archive))
     assert refused.returncode == 1 and "not empty" in refused.stderr
     after_refusals = requests.get(f"{target.url}/api/2.0/mlflow/experiments/search?max_results=10", auth=target_admin)
     assert after_refusals.json() == empty  # untouched
 
-    restored = script(target, "restore", str(archive))
+    restored = target.script("restore", str(archive))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert "restore verified" in restored.stdout
 

@@ -48,17 +48,17 @@ ELSEWHERE = {
     "docker compose down -v": ("tests/test_backup.py", 'other.compose("down", "--volumes"'),
     "export COMPOSE_PROJECT_NAME=drill HTTP_PORT=8081": (
         "tests/stack.py",
-        '"COMPOSE_PROJECT_NAME": self.project',
+        'env = {"COMPOSE_PROJECT_NAME": self.project}',
     ),
-    "scripts/backup": ("tests/test_backup.py", 'script(stack, "backup"'),
-    "scripts/backup --out /tmp/drill": ("tests/test_backup.py", 'script(stack, "backup", "--out"'),
+    "scripts/backup": ("tests/test_backup.py", 'stack.script("backup"'),
+    "scripts/backup --out /tmp/drill": ("tests/test_backup.py", 'stack.script("backup", "--out"'),
     "scripts/restore backups/mlflow-backup-20261127T235959Z.tar.gz": (
         "tests/test_backup.py",
-        'script(target, "restore", str(archive))',
+        'target.script("restore", str(archive))',
     ),
     "scripts/restore /tmp/drill/mlflow-backup-*.tar.gz": (
         "tests/test_backup.py",
-        'script(target, "restore", str(archive))',
+        'target.script("restore", str(archive))',
     ),
     "docker compose exec gc /opt/stack/entrypoint.sh gc --once --older-than 7d": (
         "tests/test_gc.py",
