@@ -55,9 +55,7 @@ def generated_problems(files: list[str]) -> list[str]:
 def uncited_docs_files(root: Path, files: list[str]) -> list[str]:
     """Non-Markdown files under docs/ that no tracked text file links to."""
     texts = [
-        (root / p).read_text(errors="replace")
-        for p in files
-        if p.endswith((".md", ".py")) or p.startswith("scripts/")
+        (root / p).read_text(errors="replace") for p in files if p.endswith((".md", ".py")) or p.startswith("scripts/")
     ]
     problems = []
     for path in files:
@@ -81,9 +79,8 @@ def missing_dockerignore(files: list[str]) -> list[str]:
 
 
 def main() -> int:
-    root = Path(
-        subprocess.run(["git", "rev-parse", "--show-toplevel"], check=True, capture_output=True, text=True).stdout.strip()
-    )
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], check=True, capture_output=True, text=True)
+    root = Path(top.stdout.strip())
     files = tracked(root)
     problems = generated_problems(files) + uncited_docs_files(root, files) + missing_dockerignore(files)
     for p in problems:
