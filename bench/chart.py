@@ -9,13 +9,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# One target, one colour, in every panel.
+COLORS = {"baseline": "tab:blue", "stack": "tab:orange", "direct S3": "tab:green", "server": "tab:purple"}
+
 
 def bars(ax, title: str, labels: list[str], series: dict[str, list[float]], unit: str) -> None:
     n = len(series)
     width = 0.8 / n
     for i, (name, values) in enumerate(series.items()):
         xs = [x + (i - (n - 1) / 2) * width for x in range(len(labels))]
-        drawn = ax.bar(xs, values, width, label=name)
+        drawn = ax.bar(xs, values, width, label=name, color=COLORS[name])
         ax.bar_label(drawn, fmt="%.0f", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -52,26 +55,21 @@ def render(results: str, out: str) -> None:
                 "ms",
             )
         elif key == "artifacts":
-            ar = r["artifacts"]
-            bars(
-                ax,
-                f"artifact {ar['s3']['mib']} MiB",
-                ["upload", "download"],
-                {
-                    {"s3": "direct S3", "baseline": "baseline", "stack": "stack"}[t]: [
-                        ar[t]["upload_mb_s"],
-                        ar[t]["download_mb_s"],
-                    ]
-                    for t in ("s3", "baseline", "stack")
-                },
-                "MB/s",
-            )
+            ar, par = r["artifacts"], r.get("parallel")
+            labels = ["upload", "download"]
+            values = {t: [ar[t]["upload_mb_s"], ar[t]["download_mb_s"]] for t in ("s3", "baseline", "stack")}
+            if par:
+                labels.append(f"{par['stack']['clients']} downloads\nat once")
+                for t in values:
+                    values[t].append(par[t]["aggregate_mb_s"])
+            names = {"s3": "direct S3", "baseline": "baseline", "stack": "stack"}
+            bars(ax, f"artifact {ar['s3']['mib']} MiB", labels, {names[t]: v for t, v in values.items()}, "MB/s")
         else:
             fp = r["footprint"]["after_load"]
             names = [k for k in fp if k != "baseline"]
-            ax.bar(names, [fp[k] / (1 << 20) for k in names], color="tab:orange", label="stack")
+            ax.bar(names, [fp[k] / (1 << 20) for k in names], color=COLORS["stack"], label="stack")
             if "baseline" in fp:
-                ax.bar(["baseline\n(server)"], [fp["baseline"] / (1 << 20)], color="tab:blue", label="baseline")
+                ax.bar(["baseline\n(server)"], [fp["baseline"] / (1 << 20)], color=COLORS["baseline"], label="baseline")
             ax.set_title("idle memory after load", fontsize=10)
             ax.set_ylabel("MiB", fontsize=8)
             ax.tick_params(axis="x", labelsize=7, rotation=30)

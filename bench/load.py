@@ -9,6 +9,8 @@ measurement) as its last line of stdout. scripts/bench drives it.
     load.py history   TARGET --run-id ID --repeat 5
     load.py artifacts TARGET --mib 1024
     load.py upload    TARGET --mib 5120
+    load.py parallel  TARGET --clients 20 --mib 100
+    load.py runs-load TARGET [--max-retries N]
     load.py chart     RESULTS.json OUT.png
 
 TARGET is `stack` (nginx, basic auth as admin), `baseline` (plain `mlflow
@@ -443,6 +445,89 @@ def cmd_upload(a: argparse.Namespace) -> dict:
     return transfer_http(target(a.target), a.mib << 20, check_download=False)
 
 
+def cmd_parallel(a: argparse.Namespace) -> dict:
+    """`clients` concurrent downloads of one `mib` object, each a single
+    stream (what MLflow's client does): aggregate MB/s over the wall time."""
+    size = a.mib << 20
+    if a.target == "s3":
+        settings = Settings.from_env()
+        s3 = settings.s3_client()
+        key = f"bench/parallel/{uuid.uuid4().hex}/blob.bin"
+        s3.upload_fileobj(Pattern(size), settings.bucket, key)
+
+        def fetch() -> int:
+            body = settings.s3_client().get_object(Bucket=settings.bucket, Key=key)["Body"]
+            return sum(len(c) for c in iter(lambda: body.read(CHUNK), b""))
+
+        def cleanup() -> None:
+            s3.delete_object(Bucket=settings.bucket, Key=key)
+    else:
+        t = target(a.target)
+        url = f"{t.url}/api/2.0/mlflow-artifacts/artifacts/bench/{uuid.uuid4().hex}/blob.bin"
+        session(t).put(url, data=Pattern(size), timeout=3600).raise_for_status()
+
+        def fetch() -> int:
+            with session(t, retry=False).get(url, stream=True, timeout=3600) as r:
+                r.raise_for_status()
+                return sum(len(c) for c in r.iter_content(CHUNK))
+
+        def cleanup() -> None:
+            session(t).delete(url, timeout=600)
+
+    got = [0] * a.clients
+    start = threading.Barrier(a.clients + 1)
+
+    def client(i: int) -> None:
+        start.wait()
+        got[i] = fetch()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
+    for th in threads:
+        th.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    cleanup()
+    if got != [size] * a.clients:
+        raise SystemExit(f"downloads got {got}, expected {size} each")
+    return {
+        "clients": a.clients,
+        "mib": a.mib,
+        "seconds": round(wall, 2),
+        "aggregate_mb_s": round(size * a.clients / wall / 1e6, 1),
+    }
+
+
+def cmd_runs_load(a: argparse.Namespace) -> dict:
+    """The tutorials' way to load a model: `mlflow.pyfunc.load_model("runs:/<id>/model")`
+    of a model logged MLflow-3 style (`log_model(..., name="model")`), timed."""
+    t = target(a.target)
+    os.environ["MLFLOW_TRACKING_URI"] = t.url
+    if t.auth:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = t.auth
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+        os.environ.pop(k, None)
+    if a.max_retries is not None:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(a.max_retries)
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.linspace(0, 1, 40).reshape(-1, 2)
+    y = (x[:, 0] > 0.5).astype(int)
+    mlflow.set_experiment(f"bench-runs-load-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run() as run:
+        mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model")
+    t0 = time.perf_counter()
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    seconds = time.perf_counter() - t0
+    if list(model.predict(x)) != list(y):
+        raise SystemExit("the loaded model predicts differently")
+    return {"seconds": round(seconds, 2), "max_retries": a.max_retries}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -470,6 +555,13 @@ def main() -> int:
         q = sub.add_parser(name)
         q.add_argument("target")
         q.add_argument("--mib", type=int, default=1024)
+    q = sub.add_parser("parallel")
+    q.add_argument("target")
+    q.add_argument("--clients", type=int, default=20)
+    q.add_argument("--mib", type=int, default=100)
+    q = sub.add_parser("runs-load")
+    q.add_argument("target")
+    q.add_argument("--max-retries", type=int, help="MLFLOW_HTTP_REQUEST_MAX_RETRIES (default: MLflow's 5)")
     q = sub.add_parser("chart")
     q.add_argument("results")
     q.add_argument("out")
@@ -486,6 +578,8 @@ def main() -> int:
         "history": cmd_history,
         "artifacts": cmd_artifacts,
         "upload": cmd_upload,
+        "parallel": cmd_parallel,
+        "runs-load": cmd_runs_load,
     }[a.cmd]
     result = handler(a)
     print(json.dumps(result), flush=True)

@@ -44,7 +44,9 @@ def stack(request) -> Iterator[Stack]:
     stack = Stack(
         project=f"mlflowtest{secrets.token_hex(3)}",
         port=free_port(),
-        env={"HTTP_BIND": "127.0.0.1"},
+        # A 1 GiB single-PUT limit (default 5 GiB) puts the boundary within
+        # reach of test_artifacts.py.
+        env={"HTTP_BIND": "127.0.0.1", "ARTIFACT_DIRECT_MAX_UPLOAD_BYTES": str(1 << 30)},
     )
     stack.env["HTTP_PORT"] = str(stack.port)
     try:

@@ -1,7 +1,9 @@
 """Print the running server's route table as JSON (tests/test_security.py).
 
-Builds the application exactly as `mlflow server --app-name basic-auth` does
-under uvicorn (the FastAPI app with the Flask app mounted in it) and lists
+Not part of the image: the test pipes this file into `python -` inside the
+mlflow-server container. Builds the application exactly as
+`mlflow server --app-name stack` does under uvicorn (MLflow's FastAPI app
+with the Flask app mounted in it, behind the stack's router) and lists
 every route: Flask rules (REST, ajax-api, graphql, artifacts, auth) and
 FastAPI routes (artifacts, traces, jobs, gateway, assistant, ...), with their
 methods. One JSON object per line: {"app": ..., "path": ..., "methods": [...]}.
@@ -34,14 +36,17 @@ def main() -> int:
     os.environ["_MLFLOW_SGI_NAME"] = "uvicorn"  # what `mlflow server` sets: the factory returns FastAPI
 
     from mlflow.server import app as flask_app
-    from mlflow.server.auth import create_app
 
-    asgi = create_app()
+    from stack_ops.server.app import create_app
+
+    stack_app = create_app()
+    asgi = stack_app.mlflow_app
     for rule in flask_app.url_map.iter_rules():
         methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
         print(json.dumps({"app": "flask", "path": rule.rule, "methods": methods}))
     for path, methods in fastapi_routes(asgi.routes):
         print(json.dumps({"app": "fastapi", "path": path, "methods": methods}))
+    print(json.dumps({"app": "stack", "path": "/_stack/artifact-access", "methods": ["GET"]}))
     return 0
 
 

@@ -39,16 +39,26 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _run(self, cmd: list[str], env: dict[str, str], check: bool, timeout: float) -> subprocess.CompletedProcess:
+    def _run(
+        self, cmd: list[str], env: dict[str, str], check: bool, timeout: float, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            cmd, cwd=ROOT, env={**os.environ, **self.env, **env}, capture_output=True, text=True, timeout=timeout
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        return self._run(["docker", "compose", "--project-name", self.project, *args], {}, check, timeout)
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        return self._run(["docker", "compose", "--project-name", self.project, *args], {}, check, timeout, input)
 
     def script(self, name: str, *args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
         """An operator's command, exactly as documented: scripts/NAME ARGS, aimed at this stack."""

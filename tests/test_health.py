@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import requests
 
 from stack import LONG_RUNNING, ONE_SHOT, Stack
@@ -38,9 +40,19 @@ def test_version_is_pinned(stack: Stack, http: requests.Session) -> None:
     assert r.text.strip() == "3.17.2"
 
 
-def test_s3_store_is_not_reachable_from_outside_the_backend_network(stack: Stack) -> None:
-    # nginx sits on the frontend network only: it can't resolve the S3 store
-    # or the database, so neither can anything that comes in through it.
+def test_stores_are_reachable_only_where_they_must_be(stack: Stack) -> None:
+    # nginx is on frontend and storage: it reaches the S3 store (artifact
+    # bytes MLflow has authorized), never PostgreSQL. Anything else that
+    # comes in on the frontend network (the trainer's network) reaches neither.
+    assert stack.compose("exec", "-T", "nginx", "getent", "hosts", "postgres", check=False).returncode != 0
+    assert stack.compose("exec", "-T", "nginx", "getent", "hosts", "s3", check=False).returncode == 0
+    image = stack.compose("config", "--images").stdout.split()
+    server_image = next(i for i in image if "mlflow-server" in i)
     for host in ("s3", "postgres"):
-        proc = stack.compose("exec", "-T", "nginx", "getent", "hosts", host, check=False)
-        assert proc.returncode != 0, f"nginx can resolve {host}: {proc.stdout}"
+        proc = subprocess.run(
+            ["docker", "run", "--rm", "--network", f"{stack.project}_frontend", "--entrypoint", "getent"]
+            + [server_image, "hosts", host],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode != 0, f"a container on the frontend network resolves {host}: {proc.stdout}"

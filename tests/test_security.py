@@ -24,9 +24,11 @@ import uuid
 import pytest
 import requests
 
-from stack import Stack, unique
+from stack import ROOT, Stack, unique
 
 PUBLIC = {"/health"}  # the load balancer probe: answers "OK", nothing else
+# nginx's own subrequest target (the artifact decision): 404 from outside, for anyone.
+INTERNAL = {"/_stack/artifact-access"}
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
@@ -43,7 +45,8 @@ def password_of(proc: subprocess.CompletedProcess) -> str:
 
 
 def route_table(stack: Stack) -> list[dict]:
-    out = stack.compose("exec", "-T", "mlflow-server", "/opt/stack/entrypoint.sh", "routes").stdout
+    script = (ROOT / "tests" / "route_table.py").read_text()
+    out = stack.compose("exec", "-T", "mlflow-server", "python", "-", input=script).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -110,7 +113,7 @@ def test_every_route_requires_authentication(stack: Stack) -> None:
         for method in route["methods"]:
             r = s.request(method, stack.url + path, json={} if method in ("POST", "PUT", "PATCH") else None, timeout=30)
             checked += 1
-            if r.status_code != 401:
+            if r.status_code != (404 if path in INTERNAL else 401):
                 wrong.append(f"{method} {path} -> {r.status_code}")
     assert checked > 300
     assert not wrong, f"{len(wrong)} of {checked} requests without credentials were not refused:\n" + "\n".join(wrong)
@@ -230,7 +233,7 @@ def test_reset_admin_password(stack: Stack, admin: tuple[str, str]) -> None:
         # Put the session's admin password back for the rest of the suite.
         code = (
             "import sys; from pathlib import Path; from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore;"
-            "from stack_ops.common import Settings; from stack_ops.secrets import write;"
+            "from stack_ops.common import Settings; from stack_ops.jobs.secrets import write;"
             "s = SqlAlchemyStore(); s.init_db(Settings.from_env().auth_uri());"
             f"s.update_user({admin[0]!r}, password={old!r}); write(Path('/secrets/mlflow_admin_password'), {old!r})"
         )
@@ -603,3 +606,27 @@ def test_databases_are_unreachable_from_the_host(stack: Stack) -> None:
         "s.sendall(struct.pack('!ii', 8, 80877103)); print(s.recv(1))"
     )
     assert stack.python_in("mlflow-server", check).strip() in ("b'N'", "b'S'")
+
+
+def test_networks_keep_the_stores_inside(stack: Stack) -> None:
+    """PostgreSQL only on `backend`; the S3 store on `backend` and on `storage`,
+    which it shares with nginx alone (artifact bytes, presigned by MLflow);
+    nginx never on `backend`. Both internal, no host address on either."""
+    running = inspect(stack)
+    prefix = f"{stack.project}_"
+
+    def networks(service: str) -> set[str]:
+        return {n.removeprefix(prefix) for n in running[service]["NetworkSettings"]["Networks"]}
+
+    assert networks("postgres") == {"backend"}
+    assert networks(stack.s3_service) == {"backend", "storage"}
+    assert networks("nginx") == {"frontend", "storage"}
+    assert networks("mlflow-server") == {"backend", "frontend"}
+    on_storage = {s for s in running if "storage" in networks(s)}
+    assert on_storage == {"nginx", stack.s3_service}, on_storage
+    for name in ("backend", "storage"):
+        net = json.loads(
+            subprocess.run(["docker", "network", "inspect", prefix + name], capture_output=True, text=True).stdout
+        )[0]
+        assert net["Internal"] is True, name
+        assert net["Options"].get("com.docker.network.bridge.inhibit_ipv4") == "true", name

@@ -40,7 +40,7 @@ def _store():
 
 
 def _password() -> str:
-    from stack_ops.secrets import SPECS, generate
+    from stack_ops.jobs.secrets import SPECS, generate
 
     spec = next(s for s in SPECS if s.name == "mlflow_admin_password")
     return generate(spec)
@@ -79,7 +79,7 @@ def reset_password(name: str) -> int:
 
 
 def reset_admin_password() -> int:
-    from stack_ops.secrets import write
+    from stack_ops.jobs.secrets import write
 
     if os.environ.get("MLFLOW_ADMIN_PASSWORD", "").strip():
         return die(JOB, "MLFLOW_ADMIN_PASSWORD is set in .env and wins on every `up`: change it there instead")

@@ -50,8 +50,8 @@ def migrate_auth(uri: str) -> None:
     engine = sqlalchemy.create_engine(uri)
     try:
         utils.migrate(engine, "head")
-        # The failed sign-in log the server's lockout reads (stack_ops/guard.py).
-        from stack_ops.guard import TABLE_DDL
+        # The failed sign-in log the server's lockout reads (stack_ops/server/guard.py).
+        from stack_ops.server.guard import TABLE_DDL
 
         with engine.begin() as conn:
             conn.exec_driver_sql(TABLE_DDL)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from stack_ops.common import Settings, StackError, die, env, log, read_secret
-from stack_ops.guard import restore_hints
+from stack_ops.server.artifacts import Config as ArtifactConfig
+from stack_ops.server.guard import restore_hints
 
 JOB = "serve"
 AUTH_INI = Path("/tmp/mlflow-auth/basic_auth.ini")
@@ -70,8 +71,8 @@ def write_auth_config(settings: Settings, permission: str, cache_ttl: str) -> No
         f"admin_username = {ini_escape(env('MLFLOW_ADMIN_USERNAME', 'admin'))}\n"
         f"admin_password = {ini_escape(read_secret('mlflow_admin_password'))}\n"
         # MLflow's basic auth wrapped with a lockout and an artifact-location
-        # policy (stack_ops/guard.py).
-        "authorization_function = stack_ops.guard:authenticate_request\n"
+        # policy (stack_ops/server/guard.py).
+        "authorization_function = stack_ops.server.guard:authenticate_request\n"
         f"auth_cache_ttl_seconds = {cache_ttl}\n"
     )
     AUTH_INI.chmod(0o600)
@@ -91,6 +92,11 @@ def main() -> int:
     for name in TUNABLES:  # unset when empty: MLflow reads "" as an invalid number
         if not os.environ.get(name, "").strip():
             os.environ.pop(name, None)
+
+    try:
+        direct = ArtifactConfig.from_env()
+    except ValueError as e:
+        return die(JOB, str(e))
 
     try:
         write_auth_config(settings, permission, cache_ttl)
@@ -116,7 +122,9 @@ def main() -> int:
         "--backend-store-uri", tracking_uri,
         "--serve-artifacts",
         "--artifacts-destination", f"s3://{settings.bucket}/",
-        "--app-name", "basic-auth",
+        # MLflow's basic-auth app plus the artifact decision nginx asks for
+        # (stack_ops/server/app.py, registered as an `mlflow.app` entry point).
+        "--app-name", "stack",
         "--allowed-hosts", hosts,
     ]  # fmt: skip
     if uvicorn_has_option("timeout_worker_healthcheck"):
@@ -124,7 +132,10 @@ def main() -> int:
         # importing MLflow on a busy 2-core host misses it and is killed in a
         # loop, so the server never becomes healthy. Give it a minute.
         args += ["--uvicorn-opts", "--timeout-worker-healthcheck 60"]
-    log(JOB, f"starting mlflow server: {workers} workers, artifacts in s3://{settings.bucket}/, hosts {hosts}")
+    transfers = (
+        f"direct up to {direct.max_upload_bytes} bytes per upload" if direct.direct else "through MLflow's proxy"
+    )
+    log(JOB, f"starting mlflow server: {workers} workers, s3://{settings.bucket}/ ({transfers}), hosts {hosts}")
     os.execvp(args[0], args)
     return 1  # not reached
 

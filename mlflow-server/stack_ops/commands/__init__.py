@@ -1,0 +1,1 @@
+"""Operator commands run on demand: accounts (scripts/users), bucket copies (scripts/backup|restore)."""

@@ -1,0 +1,1 @@
+"""One-shot provisioning jobs (secrets, bucket, migrate, accounts, tls) and the periodic gc."""

@@ -1,0 +1,64 @@
+"""The app `mlflow server --app-name stack` runs: MLflow's basic-auth app, plus
+one endpoint of the stack's, without changing MLflow's code.
+
+Registered in pyproject.toml under MLflow's `mlflow.app` entry points. It is
+`mlflow.server.auth:create_app` (the `basic-auth` app: users, permissions, the
+stack's authorization function from basic_auth.ini) behind a small ASGI
+router that sends one path elsewhere:
+
+- `/_stack/artifact-access`: the decision nginx asks for before it streams an
+  artifact to or from the S3 store itself (`artifacts.py`). nginx answers that
+  path with 404 from outside; only its internal auth subrequest gets here.
+
+Everything else goes to MLflow as it is. (Store errors in MLflow's terms, 404
+for a missing object, come from the `s3` artifact repository plugin,
+`store.py`.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from stack_ops.server.artifacts import ENDPOINT, Decider
+
+_logger = logging.getLogger("stack_ops.server")
+
+
+class StackApp:
+    """ASGI: `/_stack/artifact-access` goes to the decider, everything else to MLflow."""
+
+    def __init__(self, mlflow_app, decider: Decider) -> None:
+        self.mlflow_app = mlflow_app
+        self.decider = decider
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") == ENDPOINT:
+            await self.decider.decide(scope, receive, send)
+            return
+        await self.mlflow_app(scope, receive, send)
+
+
+class PassThrough:
+    """The decision on an MLflow too old for `Decider` (upgrade drills from 3.10):
+    every transfer goes to MLflow's own proxy, which authorizes it itself."""
+
+    async def decide(self, scope, receive, send) -> None:
+        from starlette.datastructures import Headers
+        from starlette.responses import Response
+
+        headers = Headers(scope=scope)
+        target = f"http://mlflow{headers.get('x-original-uri', '')}"
+        answer = {"X-Stack-Route": "mlflow", "X-Stack-Target": target, "X-Stack-Host": headers.get("host", "")}
+        await Response(b"", 200, answer)(scope, receive, send)
+
+
+def create_app() -> StackApp:
+    from mlflow.server.auth import create_app as create_basic_auth_app
+
+    mlflow_app = create_basic_auth_app()
+    try:
+        decider = Decider()
+    except (ImportError, AttributeError) as e:
+        _logger.warning("artifact transfers go through MLflow's proxy: this MLflow lacks %s", e)
+        decider = PassThrough()
+    return StackApp(mlflow_app, decider)
