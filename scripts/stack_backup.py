@@ -2,6 +2,8 @@
 
     scripts/backup  [--out DIR]              one timestamped archive, while serving
     scripts/restore ARCHIVE [--force]        into a fresh, empty stack; verified
+    scripts/migrate-store [--keep DIR]       move every artifact to a fresh SeaweedFS
+                                             store, verified, and switch the stack to it
 
 The archive (mlflow-backup-<UTC time>.tar.gz) holds:
     mlflow.dump, mlflow_auth.dump   pg_dump custom format, made by the postgres container
@@ -178,6 +180,94 @@ def restore(archive: Path, force: bool) -> None:
         log(f"restore verified: {after}, {len(expected)} objects")
 
 
+def env_file_setting(env_file: Path, name: str) -> str | None:
+    """The value `name` has in a .env file, or None."""
+    if not env_file.is_file():
+        return None
+    value = None
+    for line in env_file.read_text().splitlines():
+        key, sep, rest = line.strip().partition("=")
+        if sep and key == name:
+            value = rest.strip().strip("'\"")
+    return value
+
+
+def set_env_file_setting(env_file: Path, name: str, value: str) -> bool:
+    """Point every `name=` line of a .env file at `value`; True if the file had one."""
+    if not env_file.is_file():
+        return False
+    lines, found = [], False
+    for line in env_file.read_text().splitlines():
+        key, sep, _ = line.strip().partition("=")
+        if sep and key == name:
+            line, found = f"{name}={value}", True
+        lines.append(line)
+    if found:
+        env_file.write_text("\n".join(lines) + "\n")
+    return found
+
+
+def keep_parent(keep: Path) -> Path:
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    return keep.parent
+
+
+def volume_name(service_volume: str) -> str:
+    cfg = json.loads(compose("config", "--format", "json").stdout)
+    return cfg["volumes"][service_volume]["name"]
+
+
+def migrate_store(target: str, keep: Path, env_file: Path) -> None:
+    """Move every object of the stack's S3 store into a fresh `target` store.
+
+    The copy on the host (`keep`) is taken with the server stopped and checked
+    against each object's sha256 before the old store's volume is removed; the
+    new store must then hold exactly those objects, by sha256, or nothing else
+    happens and the copy stays where it is."""
+    current = os.environ.get("S3_STORE") or env_file_setting(env_file, "S3_STORE") or "seaweedfs"
+    listed = json.loads(ops(keep_parent(keep), "list", "--sizes").strip().splitlines()[-1])
+    size = sum(o["size"] for o in listed.values())
+    keep.mkdir(parents=True, exist_ok=True)
+    if any(keep.iterdir()):
+        raise BackupError(f"{keep} is not empty: give --keep an empty or new directory")
+    free = shutil.disk_usage(keep).free
+    if free < size * 1.1:
+        raise BackupError(f"{keep} has {free} bytes free; the store holds {size}")
+    log(f"moving {len(listed)} objects ({size} bytes) from {current} to {target}; copy kept in {keep}")
+
+    compose("stop", "trainer", "gc", "mlflow-server", "nginx")
+    switched = False
+    try:
+        ops(keep, "export", "/work")
+        expected = json.loads((keep / "objects.json").read_text())
+        for key, meta in expected.items():
+            if sha256_file(keep / "objects" / key) != meta["sha256"]:
+                raise BackupError(f"the copy of {key} in {keep} does not match the store: nothing was changed")
+        log(f"copied and checked {len(expected)} objects")
+
+        volume = volume_name("s3-data")
+        compose("rm", "--stop", "--force", "s3")
+        rm = subprocess.run(["docker", "volume", "rm", volume], capture_output=True, text=True)
+        if rm.returncode != 0:
+            raise BackupError(f"could not remove {volume}: {rm.stderr.strip()}")
+        os.environ["S3_STORE"] = target
+        switched = True
+        compose("up", "--detach", "--wait", "s3", "bucket")
+        ops(keep, "import", "/work")  # reads every object back and checks its sha256
+        log(f"the {target} store holds all {len(expected)} objects, sha256 checked")
+    except BackupError as e:
+        where = f"; the stack now runs {target}" if switched else ""
+        raise BackupError(f"{e}. The copy stays in {keep}{where}") from None
+    finally:
+        compose("up", "--detach", "--wait", "nginx", "gc", check=False)
+
+    if set_env_file_setting(env_file, "S3_STORE", target):
+        log(f"{env_file}: S3_STORE={target}")
+    elif current != target:
+        log(f"set S3_STORE={target} where you set S3_STORE={current}, or the next `up` refuses to start")
+    log(f"done: the stack runs {target}. Delete {keep} once you have checked your artifacts")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("restore", help="restore an archive into an empty stack and verify it")
     r.add_argument("archive", type=Path)
     r.add_argument("--force", action="store_true", help="overwrite a stack that already has data")
+    m = sub.add_parser("migrate-store", help="move every artifact to a fresh SeaweedFS store and switch to it")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    m.add_argument("--keep", type=Path, default=ROOT / "backups" / f"s3-objects-{stamp}", help="the copy, kept")
+    m.add_argument("--env-file", type=Path, default=ROOT / ".env", help="the .env whose S3_STORE is switched")
     args = parser.parse_args(argv)
     if shutil.which("docker") is None:
         print("[backup] error: docker is not installed", file=sys.stderr)
@@ -193,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "backup":
             backup(args.out.resolve())
+        elif args.command == "migrate-store":
+            migrate_store("seaweedfs", args.keep.resolve(), args.env_file)
         else:
             restore(args.archive.resolve(), args.force)
     except BackupError as e:

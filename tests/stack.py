@@ -71,10 +71,12 @@ class Stack:
     def services(self) -> list[str]:
         return self.compose("config", "--services").stdout.split()
 
+    s3_service = "s3"  # the store's service, whichever store S3_STORE picks
+
     @property
-    def s3_service(self) -> str:
-        names = self.services()
-        return "seaweedfs" if "seaweedfs" in names else "minio"
+    def s3_store(self) -> str:
+        """`seaweedfs` or `minio`: the store S3_STORE picks for this stack."""
+        return self.env.get("S3_STORE") or os.environ.get("S3_STORE") or "seaweedfs"
 
     def secret(self, name: str) -> str:
         return self.compose("exec", "-T", "mlflow-server", "cat", f"/run/secrets/{name}").stdout.strip()

@@ -64,6 +64,7 @@ ELSEWHERE = {
         "tests/test_gc.py",
         '"exec", "-T", "gc", "/opt/stack/entrypoint.sh", "gc", "--once", "--older-than"',
     ),
+    "scripts/migrate-store": ("tests/test_store.py", 's.script("migrate-store"'),
     "scripts/users add alice": ("tests/test_security.py", 'users(stack, "add", name)'),
     "scripts/users add carol --admin": ("tests/test_security.py", 'users(stack, "add", boss, "--admin")'),
     "scripts/users reset-password alice": ("tests/test_security.py", 'users(stack, "reset-password", name)'),
@@ -286,9 +287,9 @@ def test_readme_snippet_logs_a_run(stack: Stack, teammate: tuple[str, str], http
 
 
 def compose_variables() -> dict[str, str | None]:
-    """Every ${VAR} the compose files read, with its `:-` default (None: no default)."""
+    """Every ${VAR} the compose files (and the stores' store.yaml) read, with its `:-` default (None: none)."""
     found: dict[str, str | None] = {}
-    for f in sorted(ROOT.glob("compose*.yaml")):
+    for f in sorted([*ROOT.glob("compose*.yaml"), *ROOT.glob("*/store.yaml")]):
         for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*))?\}", f.read_text()):
             found.setdefault(name, default)
     return found

@@ -2,9 +2,10 @@
 
     objects export DIR   bucket -> DIR/objects/<key>, DIR/objects.json
     objects import DIR   DIR/objects/<key> -> bucket, each checked against objects.json
-    objects list [PREFIX]   print key -> size, sha256 for the bucket (or keys under PREFIX)
+    objects list [PREFIX] [--sizes]   print key -> size, sha256 for the bucket (or keys
+                                      under PREFIX); --sizes skips reading the objects
 
-Used by scripts/backup and scripts/restore through the `ops` service.
+Used by scripts/backup, scripts/restore and scripts/migrate-store through the `ops` service.
 """
 
 from __future__ import annotations
@@ -79,19 +80,22 @@ def import_(s3, bucket: str, source: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
+    sizes_only = "--sizes" in argv
+    argv = [a for a in argv if a != "--sizes"]
     if (
         not argv
         or argv[0] not in ("export", "import", "list")
         or len(argv) > 2
-        or (argv[0] != "list" and len(argv) != 2)
+        or (argv[0] != "list" and (len(argv) != 2 or sizes_only))
     ):
-        return die(JOB, "usage: objects export DIR | objects import DIR | objects list [PREFIX]")
+        return die(JOB, "usage: objects export DIR | objects import DIR | objects list [PREFIX] [--sizes]")
     settings = Settings.from_env()
     try:
         s3 = settings.s3_client()
         if argv[0] == "list":
             prefix = argv[1] if len(argv) == 2 else ""
-            print(json.dumps(list_objects(s3, settings.bucket, prefix=prefix), sort_keys=True))
+            found = list_objects(s3, settings.bucket, with_sha=not sizes_only, prefix=prefix)
+            print(json.dumps(found, sort_keys=True))
             return 0
         if argv[0] == "export":
             return export(s3, settings.bucket, Path(argv[1]))
