@@ -65,6 +65,16 @@ ELSEWHERE = {
         '"exec", "-T", "gc", "/opt/stack/entrypoint.sh", "gc", "--once", "--older-than"',
     ),
     "scripts/migrate-store": ("tests/test_store.py", 's.script("migrate-store"'),
+    "scripts/backup --out backups/pg-upgrade": ("tests/test_backup.py", 's.script("backup", "--out"'),
+    "docker compose down": ("tests/test_backup.py", 's.compose("down")'),
+    "docker volume rm mlflow-stack_postgres-data": (
+        "tests/test_backup.py",
+        '["docker", "volume", "rm", f"{s.project}_postgres-data"]',
+    ),
+    "scripts/restore backups/pg-upgrade/mlflow-backup-*.tar.gz --force": (
+        "tests/test_backup.py",
+        's.script("restore", str(archive), "--force")',
+    ),
     "scripts/users add alice": ("tests/test_security.py", 'users(stack, "add", name)'),
     "scripts/users add carol --admin": ("tests/test_security.py", 'users(stack, "add", boss, "--admin")'),
     "scripts/users reset-password alice": ("tests/test_security.py", 'users(stack, "reset-password", name)'),
