@@ -10,13 +10,14 @@
 #             gc        purge deleted runs past retention, on a schedule
 #   commands: users     add accounts, reset passwords (scripts/users)
 #             objects   copy the bucket to/from a directory (backup and restore)
+#             kek       the AI-gateway secrets' key: status, rewrap after a restore
 # Anything else is executed as given (e.g. `mlflow --version`).
 set -eu
 cmd=${1:-serve}
 case "$cmd" in
   serve|health) role=server ;;
   secrets|bucket|migrate|accounts|tls|gc) role=jobs ;;
-  users|objects) role=commands ;;
+  users|objects|kek) role=commands ;;
   *) exec "$@" ;;
 esac
 shift || true

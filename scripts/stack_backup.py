@@ -1,7 +1,8 @@
 """Back up and restore the whole stack: both databases, every artifact, a manifest.
 
     scripts/backup  [--out DIR]              one timestamped archive, while serving
-    scripts/restore ARCHIVE [--force]        into a fresh, empty stack; verified
+    scripts/restore ARCHIVE [--force] [--kek-passphrase-file FILE]
+                                             into a fresh, empty stack; verified
     scripts/migrate-store [--keep DIR]       move every artifact to a fresh SeaweedFS
                                              store, verified, and switch the stack to it
 
@@ -79,13 +80,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ops(workdir: Path, *args: str) -> str:
-    # As the invoking user, so the files it writes are ours to read and delete;
-    # the ops service's extra group 10001 lets it read the secrets it needs.
+def ops(workdir: Path, *command: str) -> str:
+    """Run a stack_ops command (`objects ...`, `kek ...`) in the `ops` service,
+    with `workdir` at /work. As the invoking user, so the files it writes are
+    ours to read and delete; the ops service's extra group 10001 lets it read
+    the secrets it needs."""
     user = f"{os.getuid()}:{os.getgid()}"
     return compose(
-        "run", "--rm", "--no-deps", "-T", "--user", user, "-v", f"{workdir}:/work", "ops", "objects", *args
+        "run", "--rm", "--no-deps", "-T", "--user", user, "-v", f"{workdir}:/work", "ops", *command
     ).stdout  # fmt: skip
+
+
+def last_json(out: str):
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def mlflow_version() -> str:
@@ -103,7 +110,12 @@ def backup(out_dir: Path) -> Path:
                 compose("exec", "-T", "postgres", "pg_dump", "-U", "postgres", "-Fc", "-d", db, stdout=f)
             log(f"dumped database {db}")
         manifest = {"created": stamp, "mlflow_version": mlflow_version(), "counts": counts()}
-        ops(work, "export", "/work")
+        # The AI-gateway secrets in the dump stay encrypted: the archive holds
+        # their count and the key's fingerprint, never the key.
+        kek = last_json(ops(work, "kek", "status"))
+        manifest["gateway_secrets"] = kek["readable"] + len(kek["unreadable"])
+        manifest["kek_fingerprint"] = kek["fingerprint"]
+        ops(work, "objects", "export", "/work")
         objects = json.loads((work / "objects.json").read_text())
         manifest["objects"] = len(objects)
         manifest["files"] = {str(p.relative_to(work)): sha256_file(p) for p in sorted(work.rglob("*")) if p.is_file()}
@@ -115,6 +127,12 @@ def backup(out_dir: Path) -> Path:
                 tar.add(p, arcname=p.name)
         partial.replace(archive)
     log(f"wrote {archive} ({archive.stat().st_size} bytes): {manifest['counts']}, {manifest['objects']} objects")
+    if manifest["gateway_secrets"]:
+        log(
+            f"{manifest['gateway_secrets']} AI-gateway secret(s) stay encrypted under this stack's key: keep it apart "
+            "from the archive (docker compose exec mlflow-server cat /run/secrets/kek_passphrase); a restore into "
+            "another stack needs it (scripts/restore --kek-passphrase-file)"
+        )
     return archive
 
 
@@ -130,16 +148,22 @@ def unpack_and_verify(archive: Path, work: Path) -> dict:
     try:
         manifest = json.loads((work / "manifest.json").read_text())
         files = manifest["files"]
-    except (OSError, ValueError, KeyError):
+        if not isinstance(manifest, dict) or not isinstance(files, dict):
+            raise ValueError("not a manifest")
+    except (OSError, ValueError, KeyError, TypeError):
         raise BackupError(f"{archive} has no readable manifest.json") from None
     for name, digest in files.items():
         path = work / name
         if not path.is_file() or sha256_file(path) != digest:
             raise BackupError(f"{archive}: {name} is missing or does not match the manifest")
+    present = {str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()} - {"manifest.json"}
+    extra = sorted(present - set(files))
+    if extra:
+        raise BackupError(f"{archive}: {extra[0]} is not in the manifest")
     return manifest
 
 
-def restore(archive: Path, force: bool) -> None:
+def restore(archive: Path, force: bool, kek_file: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mlflow-restore-") as tmp:
         work = Path(tmp)
         manifest = unpack_and_verify(archive, work)
@@ -148,36 +172,88 @@ def restore(archive: Path, force: bool) -> None:
 
         # Preflight: the target must be empty unless told otherwise.
         current = counts()
-        stored = json.loads(ops(work, "list").strip().splitlines()[-1])
+        stored = last_json(ops(work, "objects", "list"))
         if not force and (current["runs"] or current["model_versions"] or stored):
             raise BackupError(
                 f"the stack is not empty ({current['runs']} runs, {current['model_versions']} model versions, "
                 f"{len(stored)} objects); restore into a fresh stack or pass --force to overwrite"
             )
+        rewrap = gateway_key_preflight(manifest, work, kek_file)
 
         compose("stop", "trainer", "gc", "mlflow-server", "nginx")
-        for db, owner in DATABASES.items():
-            with (work / f"{db}.dump").open("rb") as f:
-                compose(
+        try:
+            restore_into_stopped_stack(manifest, work, rewrap)
+        finally:
+            # Never leave the stack down, even when a step above failed.
+            compose("up", "--detach", "--wait", "nginx", "gc", check=False)
+        verify_restore(manifest, work)
+
+
+def gateway_key_preflight(manifest: dict, work: Path, kek_file: Path | None) -> bool:
+    """True if the restored AI-gateway secrets must be rewrapped under this
+    stack's key. Refuses, before anything changes, when they would become
+    unreadable: the backup's key is not this stack's and was not given."""
+    count, source = manifest.get("gateway_secrets", 0), manifest.get("kek_fingerprint")
+    if not count or source is None:
+        return False
+    here = last_json(ops(work, "kek", "status"))["fingerprint"]
+    if here == source:
+        return False
+    if kek_file is None:
+        raise BackupError(
+            f"the backup holds {count} AI-gateway secret(s) encrypted under another stack's key (fingerprint "
+            f"{source}); pass that stack's passphrase with --kek-passphrase-file FILE (on the old stack: docker "
+            "compose exec mlflow-server cat /run/secrets/kek_passphrase). Nothing was changed"
+        )
+    from_gateway_keys = fingerprint_of(kek_file)
+    if from_gateway_keys != source:
+        raise BackupError(
+            f"{kek_file} is not the key of this backup (fingerprint {from_gateway_keys}, the backup's {source}). "
+            "Nothing was changed"
+        )
+    shutil.copyfile(kek_file, work / "old-kek-passphrase")
+    return True
+
+
+def fingerprint_of(kek_file: Path) -> str:
+    """The fingerprint the server's code gives a passphrase (stack_ops/gateway_keys.py:
+    plain Python, importable here without MLflow)."""
+    sys.path.insert(0, str(ROOT / "mlflow-server"))
+    from stack_ops.gateway_keys import fingerprint
+
+    return fingerprint(kek_file.read_text().strip())
+
+
+def restore_into_stopped_stack(manifest: dict, work: Path, rewrap: bool) -> None:
+    for db, owner in DATABASES.items():
+        with (work / f"{db}.dump").open("rb") as f:
+            compose(
                     "exec", "-T", "postgres", "pg_restore", "-U", "postgres", "-d", db,
                     "--clean", "--if-exists", "--no-owner", f"--role={owner}", "--single-transaction",
                     stdin=f, stdout=subprocess.DEVNULL,
                 )  # fmt: skip
-            log(f"restored database {db}")
-        ops(work, "import", "/work")
-        # Logins restored as they were, except the stack's own accounts, which
-        # follow this stack's secrets (the admin login stays what the README prints).
-        compose("run", "--rm", "--no-deps", "accounts", "accounts", "--sync-admin")
-        compose("up", "--detach", "--wait", "nginx", "gc")
+        log(f"restored database {db}")
+    if rewrap:
+        moved = last_json(ops(work, "kek", "rewrap", "/work/old-kek-passphrase"))
+        log(f"AI-gateway secrets: {moved['rewrapped']} rewrapped under this stack's key")
+    ops(work, "objects", "import", "/work")
+    # Logins restored as they were, except the stack's own accounts, which
+    # follow this stack's secrets (the admin login stays what the README prints).
+    compose("run", "--rm", "--no-deps", "accounts", "accounts", "--sync-admin")
 
-        after = counts()
-        if after != manifest["counts"]:
-            raise BackupError(f"restored counts {after} differ from the manifest {manifest['counts']}")
-        objects = json.loads(ops(work, "list").strip().splitlines()[-1])
-        expected = json.loads((work / "objects.json").read_text())
-        if any(objects.get(k) != v for k, v in expected.items()):
-            raise BackupError("restored objects differ from the manifest")
-        log(f"restore verified: {after}, {len(expected)} objects")
+
+def verify_restore(manifest: dict, work: Path) -> None:
+    after = counts()
+    if after != manifest["counts"]:
+        raise BackupError(f"restored counts {after} differ from the manifest {manifest['counts']}")
+    objects = last_json(ops(work, "objects", "list"))
+    expected = json.loads((work / "objects.json").read_text())
+    if any(objects.get(k) != v for k, v in expected.items()):
+        raise BackupError("restored objects differ from the manifest")
+    kek = last_json(ops(work, "kek", "status"))
+    if kek["unreadable"]:
+        raise BackupError(f"{len(kek['unreadable'])} AI-gateway secrets can't be decrypted here")
+    log(f"restore verified: {after}, {len(expected)} objects, {kek['readable']} AI-gateway secrets readable")
 
 
 def env_file_setting(env_file: Path, name: str) -> str | None:
@@ -225,7 +301,7 @@ def migrate_store(target: str, keep: Path, env_file: Path) -> None:
     new store must then hold exactly those objects, by sha256, or nothing else
     happens and the copy stays where it is."""
     current = os.environ.get("S3_STORE") or env_file_setting(env_file, "S3_STORE") or "seaweedfs"
-    listed = json.loads(ops(keep_parent(keep), "list", "--sizes").strip().splitlines()[-1])
+    listed = json.loads(ops(keep_parent(keep), "objects", "list", "--sizes").strip().splitlines()[-1])
     size = sum(o["size"] for o in listed.values())
     keep.mkdir(parents=True, exist_ok=True)
     if any(keep.iterdir()):
@@ -238,7 +314,7 @@ def migrate_store(target: str, keep: Path, env_file: Path) -> None:
     compose("stop", "trainer", "gc", "mlflow-server", "nginx")
     switched = False
     try:
-        ops(keep, "export", "/work")
+        ops(keep, "objects", "export", "/work")
         expected = json.loads((keep / "objects.json").read_text())
         for key, meta in expected.items():
             if sha256_file(keep / "objects" / key) != meta["sha256"]:
@@ -253,7 +329,7 @@ def migrate_store(target: str, keep: Path, env_file: Path) -> None:
         os.environ["S3_STORE"] = target
         switched = True
         compose("up", "--detach", "--wait", "s3", "bucket")
-        ops(keep, "import", "/work")  # reads every object back and checks its sha256
+        ops(keep, "objects", "import", "/work")  # reads every object back and checks its sha256
         log(f"the {target} store holds all {len(expected)} objects, sha256 checked")
     except BackupError as e:
         where = f"; the stack now runs {target}" if switched else ""
@@ -276,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("restore", help="restore an archive into an empty stack and verify it")
     r.add_argument("archive", type=Path)
     r.add_argument("--force", action="store_true", help="overwrite a stack that already has data")
+    r.add_argument(
+        "--kek-passphrase-file",
+        type=Path,
+        help="the backed-up stack's AI-gateway key (its /run/secrets/kek_passphrase), if it isn't this stack's",
+    )
     m = sub.add_parser("migrate-store", help="move every artifact to a fresh SeaweedFS store and switch to it")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     m.add_argument("--keep", type=Path, default=ROOT / "backups" / f"s3-objects-{stamp}", help="the copy, kept")
@@ -290,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "migrate-store":
             migrate_store("seaweedfs", args.keep.resolve(), args.env_file)
         else:
-            restore(args.archive.resolve(), args.force)
+            restore(args.archive.resolve(), args.force, args.kek_passphrase_file)
     except BackupError as e:
         print(f"[backup] error: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import pytest
 import requests
 from mlflow.server import get_app_client
 from sklearn.linear_model import LogisticRegression
+from test_gateway_keys import create_secret, probe
 
 from stack import Stack, free_port, unique
 
@@ -72,6 +73,7 @@ def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypat
     client.set_registered_model_alias(name, "champion", "1")
     ids = {"run_id": run.info.run_id, "model": name}
     before = snapshot(client, ids, tmp_path / "before")
+    gateway_secret = create_secret(stack, admin)
 
     made = stack.script("backup", "--out", str(tmp_path / "archives"))
     assert made.returncode == 0, made.stderr
@@ -99,9 +101,22 @@ def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypat
     after_refusals = requests.get(f"{target.url}/api/2.0/mlflow/experiments/search?max_results=10", auth=target_admin)
     assert after_refusals.json() == empty  # untouched
 
-    restored = target.script("restore", str(archive))
+    # The AI-gateway secrets in it stay encrypted under the source stack's key:
+    # without that key the restore says so and changes nothing.
+    refused = target.script("restore", str(archive))
+    assert refused.returncode == 1
+    assert "encrypted under another stack's key" in refused.stderr and "--kek-passphrase-file" in refused.stderr
+    assert (
+        requests.get(f"{target.url}/api/2.0/mlflow/experiments/search?max_results=10", auth=target_admin).json()
+        == empty
+    )
+    key_file = tmp_path / "source-kek"
+    key_file.write_text(stack.secret("kek_passphrase"))
+    restored = target.script("restore", str(archive), "--kek-passphrase-file", str(key_file))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert "restore verified" in restored.stdout
+    # ... and the target opens them with its own key.
+    assert probe(target, *gateway_secret)["stack"] == {"api_key": gateway_secret[1]}
 
     # The admin login is the target's own; everyone else's login came back.
     client = use(target, *target_admin, monkeypatch)

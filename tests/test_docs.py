@@ -65,6 +65,14 @@ ELSEWHERE = {
         '"exec", "-T", "gc", "/opt/stack/entrypoint.sh", "gc", "--once", "--older-than"',
     ),
     "scripts/migrate-store": ("tests/test_store.py", 's.script("migrate-store"'),
+    "docker compose exec -T mlflow-server cat /run/secrets/kek_passphrase > old-kek": (
+        "tests/test_backup.py",
+        'key_file.write_text(stack.secret("kek_passphrase"))',
+    ),
+    "scripts/restore backups/mlflow-backup-20261127T235959Z.tar.gz --kek-passphrase-file old-kek": (
+        "tests/test_backup.py",
+        '"restore", str(archive), "--kek-passphrase-file", str(key_file)',
+    ),
     "scripts/backup --out backups/pg-upgrade": ("tests/test_backup.py", 's.script("backup", "--out"'),
     "docker compose down": ("tests/test_backup.py", 's.compose("down")'),
     "docker volume rm mlflow-stack_postgres-data": (

@@ -6,6 +6,7 @@ import json
 
 import mlflow.server.auth as mlflow_auth
 import pytest
+from mlflow.utils.crypto import DEFAULT_KEK_PASSPHRASE
 
 from stack import Stack, unique
 
@@ -18,6 +19,8 @@ NAMES = (
     "mlflow_admin_password",
     "flask_secret_key",
     "trainer_password",
+    "kek_passphrase",
+    "webhook_encryption_key",
 )
 DUMP = (
     "import json, pathlib; d = pathlib.Path('/secrets'); "
@@ -74,6 +77,9 @@ MLFLOW_LEGACY_DEFAULT = mlflow_auth._LEGACY_DEFAULT_ADMIN_PASSWORD
         ("POSTGRES_PASSWORD", "postgres", "is a well-known default"),
         ("MLFLOW_DB_PASSWORD", "short", "is shorter than 12 characters"),
         ("S3_ACCESS_KEY", "has a space in the middle", "contains whitespace"),
+        # MLflow's built-in passphrase for AI-gateway secrets, from the installed package.
+        ("MLFLOW_CRYPTO_KEK_PASSPHRASE", DEFAULT_KEK_PASSPHRASE, "is a well-known default"),
+        ("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "long-enough-but-not-a-fernet-key", "is not a Fernet key"),
     ],
 )
 def test_weak_override_is_refused_and_changes_nothing(other: Stack, variable: str, value: str, reason: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from stack_ops.common import Settings, StackError, die, log
+from stack_ops.common import Settings, StackError, die, log, read_secret
 
 JOB = "migrate"
 
@@ -60,11 +60,30 @@ def migrate_auth(uri: str) -> None:
         engine.dispose()
 
 
+def protect_gateway_secrets(uri: str) -> None:
+    """AI-gateway secrets stored before the stack set its own KEK passphrase
+    (under MLflow's built-in one) are rewrapped under the stack's, with MLflow's
+    own rotation function (stack_ops/gateway_keys.py)."""
+    from stack_ops.gateway_keys import mlflow_default_passphrase, rewrap
+
+    report = rewrap(uri, read_secret("kek_passphrase"), [mlflow_default_passphrase()])
+    if report.rewrapped:
+        log(JOB, f"AI-gateway secrets: {report.rewrapped} moved from MLflow's built-in passphrase to the stack's")
+    if report.unreadable:
+        log(
+            JOB,
+            f"warning: {len(report.unreadable)} AI-gateway secret(s) are encrypted under another stack's "
+            f"passphrase ({', '.join(report.unreadable[:5])}): restore with --kek-passphrase-file "
+            "(docs/operations.md), or the gateway can't use them",
+        )
+
+
 def main() -> int:
     settings = Settings.from_env()
     try:
         migrate_tracking(settings.tracking_uri())
         migrate_auth(settings.auth_uri())
+        protect_gateway_secrets(settings.tracking_uri())
     except StackError as e:
         return die(JOB, str(e))
     return 0

@@ -7,6 +7,8 @@ values are refused before anything is written.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import secrets
@@ -34,6 +36,8 @@ KNOWN_DEFAULT_DIGESTS = {
     "b9c950640e1b3740e98acb93e669c65766f6670dd1609ba91ff41052ba48c6f3",  # MLflow's legacy admin password
     "a942b37ccfaf5a813b1432caa209a43b9d144e47ad0de1549c289c253e556cd5",  # "postgres"
     "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b",  # "secret"
+    # MLflow's built-in KEK passphrase for AI-gateway secrets (mlflow/utils/crypto.py)
+    "742bfdbc7ec2311e7e4e2817bc6113a67e43011995fcd069133657ffa734e901",
 }
 
 
@@ -43,6 +47,7 @@ class Spec:
     env: str  # environment variable that overrides it
     alphabet: str
     length: int
+    fernet: bool = False  # a Fernet key (32 random bytes, url-safe base64) instead of text
 
 
 _URLSAFE = string.ascii_letters + string.digits
@@ -55,11 +60,28 @@ SPECS = (
     Spec("mlflow_admin_password", "MLFLOW_ADMIN_PASSWORD", _URLSAFE, 24),
     Spec("flask_secret_key", "MLFLOW_FLASK_SECRET_KEY", _URLSAFE, 48),
     Spec("trainer_password", "MLFLOW_TRAINER_PASSWORD", _URLSAFE, 24),
+    # Protect MLflow's stored AI-gateway provider keys and webhook secrets
+    # (stack_ops/gateway_keys.py, docs/security.md).
+    Spec("kek_passphrase", "MLFLOW_CRYPTO_KEK_PASSPHRASE", _URLSAFE, 48),
+    Spec("webhook_encryption_key", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "", 0, fernet=True),
 )
 
 
 def generate(spec: Spec) -> str:
+    if spec.fernet:
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     return "".join(secrets.choice(spec.alphabet) for _ in range(spec.length))
+
+
+def format_problem(spec: Spec, value: str) -> str | None:
+    """Why `value` can't be used for `spec` at all (beyond being weak)."""
+    if spec.fernet:
+        try:
+            if len(base64.urlsafe_b64decode(value.encode())) != 32:
+                raise ValueError
+        except (ValueError, binascii.Error):
+            return "is not a Fernet key (32 random bytes, url-safe base64: 44 characters ending in '=')"
+    return None
 
 
 def weakness(value: str) -> str | None:
@@ -89,7 +111,7 @@ def main() -> int:
         value = os.environ.get(spec.env, "").strip()
         if not value:
             continue
-        problem = weakness(value)
+        problem = format_problem(spec, value) or weakness(value)
         if problem:
             return die(
                 JOB,

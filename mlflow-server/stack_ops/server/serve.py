@@ -103,6 +103,10 @@ def main() -> int:
         locked = restore_hints()
         os.environ.update(settings.s3_env())
         os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
+        # AI-gateway provider keys and webhook secrets: encrypted under the
+        # stack's own keys, never MLflow's built-in passphrase.
+        os.environ["MLFLOW_CRYPTO_KEK_PASSPHRASE"] = read_secret("kek_passphrase")
+        os.environ["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] = read_secret("webhook_encryption_key")
         tracking_uri = settings.tracking_uri()
     except StackError as e:
         return die(JOB, str(e))
