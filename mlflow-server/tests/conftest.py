@@ -13,6 +13,11 @@ settings its modules read at import time are set below, before any test module
 imports them: every path points into a throw-away folder, so a test that forgot
 to point a module at its own tmp_path fails instead of touching /run/secrets,
 /certs or /secrets. Any attempt to open a network connection fails the test.
+Keep this folder in its own pytest run: the settings below are process-wide.
+
+A test marked `xfail(strict=True)` shows a known bug in the code under test: it
+reports as xfailed while the bug is there and fails once it is fixed, so that
+the marker is removed with the fix.
 """
 
 from __future__ import annotations
