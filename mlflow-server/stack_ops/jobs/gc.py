@@ -58,21 +58,28 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def main(argv: list[str]) -> int:
-    settings = Settings.from_env()
+def parse_settings(argv: list[str]) -> tuple[str, int]:
+    """(retention, interval in seconds) from MLFLOW_GC_RETENTION (or `--older-than`)
+    and MLFLOW_GC_INTERVAL_SECONDS; StackError says what is wrong."""
     older_than = env("MLFLOW_GC_RETENTION", "30d")
-    once = "--once" in argv
     if "--older-than" in argv:
         index = argv.index("--older-than")
         if index + 1 >= len(argv):
-            return die(JOB, "--older-than needs a value, e.g. 30d")
+            raise StackError("--older-than needs a value, e.g. 30d")
         older_than = argv[index + 1]
     if not older_than or not RETENTION.match(older_than):
-        return die(JOB, f"retention {older_than!r} is not like 30d, 12h or 1d2h3m4s")
+        raise StackError(f"retention {older_than!r} is not like 30d, 12h or 1d2h3m4s")
     interval = env("MLFLOW_GC_INTERVAL_SECONDS", "86400")
     if not interval.isdigit() or int(interval) < 60:
-        return die(JOB, f"MLFLOW_GC_INTERVAL_SECONDS={interval} must be a whole number >= 60")
+        raise StackError(f"MLFLOW_GC_INTERVAL_SECONDS={interval} must be a whole number >= 60")
+    return older_than, int(interval)
+
+
+def main(argv: list[str]) -> int:
+    settings = Settings.from_env()
+    once = "--once" in argv
     try:
+        older_than, interval = parse_settings(argv)
         settings.tracking_uri()
         _env(settings)
     except StackError as e:
@@ -86,7 +93,7 @@ def main(argv: list[str]) -> int:
     log(JOB, f"purging runs deleted more than {older_than} ago, every {interval}s")
     while True:
         run_gc(settings, older_than)
-        deadline = time.monotonic() + int(interval)
+        deadline = time.monotonic() + interval
         while time.monotonic() < deadline:
             HEARTBEAT.touch()
             time.sleep(min(30, max(1, deadline - time.monotonic())))

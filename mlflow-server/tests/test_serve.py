@@ -1,0 +1,157 @@
+"""server/serve.py: the settings `mlflow server` is started with."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from mlflow.server.auth.config import read_auth_config
+from sqlalchemy.engine import make_url
+
+from stack_ops import common
+from stack_ops.server import serve
+
+
+def test_allowed_hosts_each_name_with_any_port_then_the_internal_names() -> None:
+    assert serve.allowed_hosts(" MLflow.example.com, 10.0.0.5 ,,localhost") == ",".join(
+        [
+            "MLflow.example.com",
+            "MLflow.example.com:*",
+            "10.0.0.5",
+            "10.0.0.5:*",
+            "localhost",
+            "localhost:*",
+            "mlflow-server",
+            "mlflow-server:*",
+            "nginx",
+            "nginx:*",
+            "127.0.0.1",
+            "127.0.0.1:*",
+        ]
+    )
+
+
+def test_allowed_hosts_without_public_names() -> None:
+    assert (
+        serve.allowed_hosts("")
+        == "mlflow-server,mlflow-server:*,nginx,nginx:*,127.0.0.1,127.0.0.1:*,localhost,localhost:*"
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "runs:/0123456789abcdef/model",
+        "models:/m-0123456789abcdef",
+        "mlflow-artifacts:/1/models/m-1/artifacts",
+        "s3://mlflow/1/abc/artifacts/model",
+        "dummy-source",
+        "prompt-template",
+    ],
+)
+def test_source_regex_accepts_the_stack_s_own_sources(source: str) -> None:
+    # MLflow applies it with re.search (mlflow/server/handlers.py, _create_model_version).
+    assert re.search(serve.source_regex("mlflow"), source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "s3://other/1/model",
+        "s3://mlflow-other/1/model",
+        "s3://mlflow",  # the bucket itself, no key
+        "file:///etc/passwd",
+        "/var/lib/mlflow/model",
+        "runs:/abc/../../../etc",
+        "mlflow-artifacts:/1/../../secrets",
+        "s3://mlflow/a/../../other/x",
+        "dummy-source/../x",
+        "prompt-templates",
+        "http://evil/model",
+    ],
+)
+def test_source_regex_refuses_everything_else(source: str) -> None:
+    assert re.search(serve.source_regex("mlflow"), source) is None
+
+
+def test_source_regex_escapes_the_bucket_name() -> None:
+    regex = serve.source_regex("my.bucket")
+    assert re.search(regex, "s3://my.bucket/x")
+    assert re.search(regex, "s3://myxbucket/x") is None
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(None, 2), (1, 2), (2, 2), (3, 3), (4, 4), (64, 4)])
+def test_default_workers_one_per_core_between_2_and_4(monkeypatch: pytest.MonkeyPatch, cores, workers) -> None:
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: cores)
+    assert serve.default_workers() == workers
+
+
+def test_ini_escape_doubles_percent_signs() -> None:
+    assert serve.ini_escape("a%b%%c") == "a%%b%%%%c"
+    assert serve.ini_escape("plain") == "plain"
+
+
+@pytest.fixture
+def secrets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A secrets volume whose values are hard on an ini file and a database URI."""
+    values = {"auth_db_password": "p@ss%w0rd:/?#x", "mlflow_admin_password": "50%-off-%(name)s-x"}
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    for name, value in values.items():
+        (folder / name).write_text(value + "\n")
+    monkeypatch.setattr(common, "SECRETS_DIR", folder)
+    return values
+
+
+def test_write_auth_config_is_read_back_by_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secrets_dir: dict[str, str]
+) -> None:
+    ini = tmp_path / "mlflow-auth" / "basic_auth.ini"
+    monkeypatch.setattr(serve, "AUTH_INI", ini)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("MLFLOW_ADMIN_USERNAME", "root%admin")
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POSTGRES_HOST", "db")
+    monkeypatch.setenv("MLFLOW_AUTH_DB_USER", "mlflow_auth")
+    settings = common.Settings.from_env()
+
+    serve.write_auth_config(settings, "NO_PERMISSIONS", "60")
+
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    assert stat.S_IMODE(ini.parent.stat().st_mode) == 0o700
+    config = read_auth_config()
+    assert config.default_permission == "NO_PERMISSIONS"
+    assert config.admin_username == "root%admin"
+    assert config.admin_password == secrets_dir["mlflow_admin_password"]
+    assert config.authorization_function == "stack_ops.server.guard:authenticate_request"
+    assert config.auth_cache_ttl_seconds == 60
+    url = make_url(config.database_uri)
+    assert (url.drivername, url.host, url.username, url.database) == (
+        "postgresql+psycopg2",
+        "db",
+        "mlflow_auth",
+        "mlflow_auth",
+    )
+    assert url.password == secrets_dir["auth_db_password"]
+
+
+def test_write_auth_config_without_the_admin_secret_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secrets_dir: dict[str, str]
+) -> None:
+    (common.SECRETS_DIR / "mlflow_admin_password").unlink()
+    monkeypatch.setattr(serve, "AUTH_INI", tmp_path / "basic_auth.ini")
+    with pytest.raises(common.StackError, match=r"mlflow_admin_password is missing: the `secrets` job must run first"):
+        serve.write_auth_config(common.Settings.from_env(), "READ", "60")
+
+
+def test_configparser_needs_the_escape() -> None:
+    # Why ini_escape exists: unescaped, configparser reads "%(" as interpolation.
+    parser = configparser.ConfigParser()
+    parser.read_string(f"[mlflow]\nescaped = {serve.ini_escape('50%-off')}\nraw = 50%-off\n")
+    assert parser["mlflow"]["escaped"] == "50%-off"
+    with pytest.raises(configparser.InterpolationSyntaxError):
+        parser["mlflow"]["raw"]
