@@ -146,6 +146,7 @@ def test_large_artifact_round_trip_without_s3_credentials(stack: Stack, tracking
         assert f'"{method} {ART}/{key} ' not in log
 
 
+@pytest.mark.slow
 def test_single_put_limit_boundary(stack: Stack, tracking: None, tmp_path: Path) -> None:
     """At the limit (ARTIFACT_DIRECT_MAX_UPLOAD_BYTES: the suite's own stack
     sets 1 GiB, the default is AWS S3's 5 GiB) an upload goes straight to the
@@ -407,6 +408,7 @@ def test_runs_uri_model_load_is_fast(stack: Stack, tracking: None) -> None:
     assert elapsed < 5.0, f"runs:/ load took {elapsed:.1f}s"
 
 
+@pytest.mark.slow
 def test_stopped_store_is_a_quick_json_503_and_transfers_resume(stack: Stack, http: requests.Session) -> None:
     exp = http.post(f"{stack.url}/api/2.0/mlflow/experiments/create", json={"name": unique("down")}, timeout=30)
     run = http.post(f"{stack.url}/api/2.0/mlflow/runs/create", json={"experiment_id": exp.json()["experiment_id"]})

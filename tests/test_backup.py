@@ -21,6 +21,8 @@ from test_gateway_keys import create_secret, probe
 
 from stack import Stack, free_port, unique
 
+pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
+
 ROWS = pd.DataFrame({"x1": np.linspace(0, 1, 40), "x2": np.linspace(1, 0, 40) ** 2})
 
 

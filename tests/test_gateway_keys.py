@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import secrets
 
+import pytest
 import requests
 
 from stack import Stack, unique
+
+pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
 
 # Run inside mlflow-server: decrypt one stored secret with each passphrase.
 PROBE = """

@@ -22,6 +22,7 @@ def prefix_of(run) -> str:
     return run.info.artifact_uri.removeprefix("mlflow-artifacts:/").strip("/")
 
 
+@pytest.mark.slow
 def test_gc_purges_only_deleted_runs_past_retention(stack: Stack, tracking: None, tmp_path: Path) -> None:
     client = mlflow.MlflowClient()
     exp_id = client.create_experiment(unique("gc"))

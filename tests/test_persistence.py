@@ -9,9 +9,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from stack import Stack, unique
+
+pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
 
 ROWS = pd.DataFrame({"a": np.arange(50, dtype=float), "b": np.arange(50, dtype=float) % 7})
 

@@ -129,6 +129,7 @@ def test_health_is_the_only_public_route_and_tells_nothing(stack: Stack) -> None
 # --- permissions --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_users_command_makes_working_accounts_and_refuses_bad_input(stack: Stack, teammates) -> None:
     name, password = teammates["alice"]
     assert len(password) >= 24 and password.isalnum()
@@ -502,6 +503,7 @@ def client_on_the_network(stack: Stack):
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+@pytest.mark.slow
 def test_failed_sign_ins_lock_the_address_out(stack: Stack, teammates) -> None:
     name, password = teammates["alice"]
     right = (

@@ -25,6 +25,8 @@ from sklearn.linear_model import LogisticRegression
 
 from stack import ROOT, Stack, free_port, unique
 
+pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
+
 
 def config(store: str) -> tuple[dict, str]:
     env = {**os.environ, "S3_STORE": store}

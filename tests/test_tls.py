@@ -31,6 +31,8 @@ from cryptography.x509.oid import NameOID
 
 from stack import ROOT, Stack, free_port, unique
 
+pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
+
 TLS_FILE = str(ROOT / "compose.tls.yaml")
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 SECURITY_HEADERS = {

@@ -15,6 +15,8 @@ from sklearn.linear_model import LogisticRegression
 
 from stack import Stack, free_port, unique
 
+pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
+
 OLD = "3.10.1"
 ROWS = pd.DataFrame({"a": np.linspace(-1, 1, 30), "b": np.linspace(1, 3, 30) ** 0.5})
 

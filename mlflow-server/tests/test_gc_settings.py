@@ -56,11 +56,6 @@ def test_older_than_needs_a_retention(argv: list[str], message: str) -> None:
     assert str(caught.value) == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="bug: RETENTION ends in `$`, which also matches before a trailing newline",
-)
 def test_a_retention_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(StackError):
         gc.parse_settings(["--older-than", "30d\n"])

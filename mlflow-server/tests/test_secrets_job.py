@@ -130,3 +130,12 @@ def test_main_refuses_a_missing_volume(tmp_path: Path, monkeypatch: pytest.Monke
     assert job.main() == 1
     assert "absent is not a directory: mount the secrets volume there" in capsys.readouterr().err
     assert not (tmp_path / "absent").exists()
+
+
+def test_a_webhook_key_must_be_a_fernet_key() -> None:
+    spec = next(s for s in job.SPECS if s.fernet)
+    assert job.format_problem(spec, job.generate(spec)) is None
+    for bad in ("long-enough-but-not-a-fernet-key", "A" * 44, job.generate(spec)[:-4]):
+        assert "is not a Fernet key" in (job.format_problem(spec, bad) or ""), bad
+    text_spec = next(s for s in job.SPECS if not s.fernet)
+    assert job.format_problem(text_spec, "anything at all") is None

@@ -67,7 +67,7 @@ def parse_settings(argv: list[str]) -> tuple[str, int]:
         if index + 1 >= len(argv):
             raise StackError("--older-than needs a value, e.g. 30d")
         older_than = argv[index + 1]
-    if not older_than or not RETENTION.match(older_than):
+    if not older_than or not RETENTION.fullmatch(older_than):
         raise StackError(f"retention {older_than!r} is not like 30d, 12h or 1d2h3m4s")
     interval = env("MLFLOW_GC_INTERVAL_SECONDS", "86400")
     if not interval.isdigit() or int(interval) < 60:

@@ -63,7 +63,7 @@ SPECS = (
     # Protect MLflow's stored AI-gateway provider keys and webhook secrets
     # (stack_ops/gateway_keys.py, docs/security.md).
     Spec("kek_passphrase", "MLFLOW_CRYPTO_KEK_PASSPHRASE", _URLSAFE, 48),
-    Spec("webhook_encryption_key", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "", 0, fernet=True),
+    Spec("webhook_encryption_key", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", _URLSAFE + "-_=", 44, fernet=True),
 )
 
 

@@ -126,9 +126,8 @@ def as_error_json(status: int, body: bytes, content_type: str) -> str:
         except ValueError:
             parsed = None
         if isinstance(parsed, dict) and "message" in parsed:
-            return json.dumps(
-                {"error_code": parsed.get("error_code") or ERROR_CODES.get(status, "INTERNAL_ERROR"), **parsed}
-            )
+            code = parsed.get("error_code") or ERROR_CODES.get(status, "INTERNAL_ERROR")
+            return json.dumps({**parsed, "error_code": code})
         if isinstance(parsed, dict) and "detail" in parsed:  # FastAPI's HTTPException
             return error_json(status, str(parsed["detail"]))
     return error_json(status, text or f"HTTP {status}")
