@@ -130,6 +130,7 @@ The secrets volume of a pod: only the files its components read, at
 {{- end -}}
 {{- end -}}
 - name: secrets
+{{- if $keys }}
   secret:
     secretName: {{ include "mlflow-stack.secretName" .root }}
     defaultMode: 0440
@@ -138,6 +139,11 @@ The secrets volume of a pod: only the files its components read, at
       - key: {{ . }}
         path: {{ . }}
       {{- end }}
+{{- else }}
+  # Nothing to read (an empty secret volume would mount every key).
+  emptyDir:
+    sizeLimit: 1Mi
+{{- end }}
 {{- end -}}
 
 {{/* Hostnames MLflow accepts in `Host`: the public ones plus the Services'. */}}
