@@ -13,8 +13,10 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 # name: (compose files, S3_STORE)
+ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "default (SeaweedFS)": (["compose.yaml"], ""),
     "MinIO": (["compose.yaml"], "minio"),
@@ -111,6 +113,26 @@ def check(name: str, cfg: dict) -> list[str]:
         problems.append("backend network is not internal")
     if "tls" in services:
         problems += check_tls(services)
+    problems += check_nginx_mounts(services["nginx"])
+    return problems
+
+
+def check_nginx_mounts(nginx: dict) -> list[str]:
+    """nginx gets each of its config files, and nothing else of nginx/ (an
+    operator's TLS key lives in nginx/certs)."""
+    problems = []
+    binds = {v["target"]: Path(v["source"]).resolve() for v in nginx.get("volumes") or [] if v.get("type") == "bind"}
+    sources = set(binds.values())
+    here = ROOT / "nginx"
+    for conf in sorted(here.glob("*.conf")):
+        if conf.name not in ("site.conf", "tls.conf") and conf.resolve() not in sources:
+            problems.append(f"nginx: nginx/{conf.name} is not mounted")
+    site = binds.get("/etc/nginx/stack/site.conf")
+    if site not in ((here / "site.conf").resolve(), (here / "tls.conf").resolve()):
+        problems.append(f"nginx: /etc/nginx/stack/site.conf comes from {site}")
+    for source in sources:
+        if source == here.resolve() or source.is_relative_to((here / "certs").resolve()):
+            problems.append(f"nginx: mounts {source} (nginx/certs must stay out of its reach)")
     return problems
 
 

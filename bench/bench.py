@@ -17,7 +17,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,9 @@ from pathlib import Path
 
 from quantiles import pct
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from stack import ROOT, Stack, free_port, last_json  # noqa: E402  (scripts/stack.py)
+
 STACK_SERVICES = ("nginx", "gc")  # and everything they depend on; not the trainer
 
 SIZES = {
@@ -70,43 +71,15 @@ def say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Compose:
-    def __init__(self, project: str, env: dict[str, str]) -> None:
-        self.project, self.env = project, env
-
-    def run(self, *args: str, check: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "--project-name", self.project, *args]
-        proc = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-            )
-        return proc
-
-    def timed_up(self, *services: str) -> float:
-        t0 = time.monotonic()
-        self.run("up", "--detach", "--wait", "--wait-timeout", "600", *services)
-        return round(time.monotonic() - t0, 1)
+class Bench(Stack):
+    """The benchmark's copy of the stack (scripts/stack.py) plus its load generator."""
 
     def load(self, *args: str, extra: tuple[str, ...] = ()) -> dict:
-        proc = self.run("run", "--rm", "-T", *extra, "bench", *args)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        """One load.py workload in the `bench` container: its JSON result."""
+        return last_json(self.compose("run", "--rm", "-T", *extra, "bench", *args, timeout=3600).stdout)
 
-    def containers(self) -> dict[str, str]:
-        """service name -> container id, running containers only."""
-        out = self.run("ps", "--format", "{{.Service}} {{.ID}}").stdout
-        found = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                found[parts[0]] = parts[1]
-        return found
+    def timed_up(self, *services: str) -> float:
+        return self.up(*services, timeout=600)
 
 
 def memory_bytes(container_id: str) -> dict[str, int]:
@@ -136,12 +109,12 @@ def memory_bytes(container_id: str) -> dict[str, int]:
     return {"stats": 0, "anon": 0}
 
 
-def memory_by_service(c: Compose) -> dict[str, dict[str, int]]:
+def memory_by_service(c: Bench) -> dict[str, dict[str, int]]:
     """Each container's memory, both ways memory_bytes() reads it."""
-    return {svc: memory_bytes(cid) for svc, cid in sorted(c.containers().items())}
+    return {svc: memory_bytes(cid) for svc, cid in sorted(c.running().items())}
 
 
-def footprint(c: Compose) -> dict[str, int]:
+def footprint(c: Bench) -> dict[str, int]:
     """Each container's memory as `docker stats` shows it."""
     return {svc: m["stats"] for svc, m in memory_by_service(c).items()}
 
@@ -214,11 +187,11 @@ class Sampler(threading.Thread):
 GROWTH_TARGET_MB = 50  # mlflow-server and nginx each grow less than this during the 5 GiB upload
 
 
-def big_upload(c: Compose, mib: int) -> dict:
+def big_upload(c: Bench, mib: int) -> dict:
     """A `mib` upload through the stack while sampling mlflow-server's and
     nginx's memory and the size of the server's /tmp volume (where MLflow's
     proxy spools uploads), plus the bytes the server's processes write."""
-    running = c.containers()
+    running = c.running()
     cids = {name: running[name] for name in ("mlflow-server", "nginx")}
     cid = cids["mlflow-server"]
     before = {name: memory_bytes(i) for name, i in cids.items()}
@@ -437,7 +410,7 @@ def settle(limit: float = 180, idle: float = 0.8) -> float:
     return waited
 
 
-def do_logging(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
+def do_logging(c: Bench, size: dict, tgts: tuple[str, ...]) -> dict:
     """Each batch size in `log_rounds` rounds; in each round every target in
     turn (order reversed every other round), so slow drifts of a noisy machine
     hit all targets alike. Each target gets its share of the seconds."""
@@ -459,7 +432,7 @@ def do_logging(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
     return lg
 
 
-def do_search(c: Compose, size: dict, tgts: tuple[str, ...], seeded: dict) -> dict:
+def do_search(c: Bench, size: dict, tgts: tuple[str, ...], seeded: dict) -> dict:
     se = {}
     for tgt in tgts:
         if f"seed_{tgt}" not in seeded:
@@ -485,7 +458,7 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else round((ordered[mid - 1] + ordered[mid]) / 2, 1)
 
 
-def rounds_of(c: Compose, size: dict, tgts: tuple[str, ...], describe: str, *args: str) -> dict[str, list[dict]]:
+def rounds_of(c: Bench, size: dict, tgts: tuple[str, ...], describe: str, *args: str) -> dict[str, list[dict]]:
     """`artifact_rounds` rounds of one load.py workload; in each round every
     target in turn, the order reversed every other round. A single transfer
     on this noisy 2-core machine varied by +-25 %, so targets are compared by
@@ -500,7 +473,7 @@ def rounds_of(c: Compose, size: dict, tgts: tuple[str, ...], describe: str, *arg
     return got
 
 
-def do_artifacts(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
+def do_artifacts(c: Bench, size: dict, tgts: tuple[str, ...]) -> dict:
     mib = size["artifact_mib"]
     got = rounds_of(c, size, tgts, f"artifacts: {mib} MiB up and down", "artifacts", "--mib", str(mib))
     ar = {}
@@ -514,7 +487,7 @@ def do_artifacts(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
     return ar
 
 
-def do_parallel(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
+def do_parallel(c: Bench, size: dict, tgts: tuple[str, ...]) -> dict:
     """Many teammates downloading at once: N concurrent single-stream downloads."""
     n, mib = size["parallel_clients"], size["parallel_mib"]
     args = ("parallel", "--clients", str(n), "--mib", str(mib))
@@ -530,7 +503,7 @@ def do_parallel(c: Compose, size: dict, tgts: tuple[str, ...]) -> dict:
     }
 
 
-def do_runs_load(c: Compose, mode: str) -> dict:
+def do_runs_load(c: Bench, mode: str) -> dict:
     """`load_model("runs:/<id>/model")` of an MLflow 3 model. The baseline's
     missing-artifact 500s make MLflow's client retry for minutes; the smoke
     run turns its retries off to stay short (and says so)."""
@@ -576,7 +549,7 @@ def nginx_variant(name: str) -> str:
     return f"./bench/results/{path.name}"
 
 
-def do_matrix(c: Compose, size: dict, only: set[str], matrix: list[str], seeded: dict) -> dict:
+def do_matrix(c: Bench, size: dict, only: set[str], matrix: list[str], seeded: dict) -> dict:
     """Each lever value in turn on the same stack (compose recreates only the
     services whose settings changed), the chosen workloads on the stack only."""
     out: dict = {}
@@ -624,11 +597,11 @@ def run(a: argparse.Namespace) -> int:
         )
 
     files = os.environ.get("COMPOSE_FILE", "compose.yaml")
-    env = {**os.environ, "COMPOSE_FILE": f"{files}:bench/compose.bench.yaml", "HTTP_BIND": "127.0.0.1"}
+    env = {"COMPOSE_FILE": f"{files}:bench/compose.bench.yaml", "HTTP_BIND": "127.0.0.1"}
     env["HTTP_PORT"] = str(free_port())
     levers = dict(kv.split("=", 1) for kv in a.set or [])
     env.update(levers)
-    c = Compose(a.project or f"mlflowbench{secrets.token_hex(3)}", env)
+    c = Bench(a.project or f"mlflowbench{secrets.token_hex(3)}", int(env["HTTP_PORT"]), env)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"{stamp}.json"
     r: dict = {
@@ -644,8 +617,8 @@ def run(a: argparse.Namespace) -> int:
     try:
         if not a.no_build:
             say("building images (cached after the first time)")
-            c.run("build", "--quiet")
-        c.run("down", "--volumes", "--remove-orphans", check=False)
+            c.compose("build", "--quiet", timeout=3600)
+        c.down()
         say("cold start: up --wait (empty volumes, images built), trainer not started")
         cold = c.timed_up(*STACK_SERVICES)
         r["startup"] = {"cold_s": cold}
@@ -685,7 +658,7 @@ def run(a: argparse.Namespace) -> int:
 
         if "startup" in only:
             say("restart: stop everything, up --wait again (data kept)")
-            c.run("stop")
+            c.compose("stop")
             r["startup"]["restart_s"] = c.timed_up(*STACK_SERVICES)
             say(f"  healthy again in {r['startup']['restart_s']}s")
 
@@ -703,7 +676,7 @@ def run(a: argparse.Namespace) -> int:
         if a.keep:
             say(f"kept: docker compose -p {c.project} ... (port {env['HTTP_PORT']})")
         else:
-            c.run("--profile", "bench", "down", "--volumes", "--remove-orphans", check=False)
+            c.down()
 
 
 def render_chart(results: Path, chart: Path) -> None:

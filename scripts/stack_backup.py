@@ -17,7 +17,6 @@ Runs `docker compose` in the repository (COMPOSE_FILE / COMPOSE_PROJECT_NAME app
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +27,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stack import ROOT, ComposeError, Stack, last_json, sha256_file  # noqa: E402  (scripts/stack.py)
+
+STACK = Stack.current()  # COMPOSE_PROJECT_NAME / COMPOSE_FILE apply, as for `docker compose`
 DATABASES = {"mlflow": "mlflow", "mlflow_auth": "mlflow_auth"}  # database -> owner role
 COUNTS = {
     "experiments": ("mlflow", "SELECT count(*) FROM experiments"),
@@ -50,18 +52,11 @@ def log(message: str) -> None:
 
 
 def compose(*args: str, stdin=None, stdout=None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["docker", "compose", *args],
-        cwd=ROOT,
-        stdin=stdin,
-        stdout=stdout if stdout is not None else subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=stdout is None and stdin is None,
-    )
-    if check and proc.returncode != 0:
-        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
-        raise BackupError(f"docker compose {' '.join(args[:3])} failed: {err.strip()[-500:]}")
-    return proc
+    """`docker compose` on the operator's stack (scripts/stack.py); a failure is a BackupError."""
+    try:
+        return STACK.compose(*args, stdin=stdin, stdout=stdout, check=check, timeout=None)
+    except ComposeError as e:
+        raise BackupError(str(e).strip()[-800:]) from None
 
 
 def sql(db: str, query: str) -> str:
@@ -70,14 +65,6 @@ def sql(db: str, query: str) -> str:
 
 def counts() -> dict[str, int]:
     return {name: int(sql(db, query)) for name, (db, query) in COUNTS.items()}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ops(workdir: Path, *command: str) -> str:
@@ -89,10 +76,6 @@ def ops(workdir: Path, *command: str) -> str:
     return compose(
         "run", "--rm", "--no-deps", "-T", "--user", user, "-v", f"{workdir}:/work", "ops", *command
     ).stdout  # fmt: skip
-
-
-def last_json(out: str):
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def mlflow_version() -> str:
@@ -288,11 +271,6 @@ def keep_parent(keep: Path) -> Path:
     return keep.parent
 
 
-def volume_name(service_volume: str) -> str:
-    cfg = json.loads(compose("config", "--format", "json").stdout)
-    return cfg["volumes"][service_volume]["name"]
-
-
 def migrate_store(target: str, keep: Path, env_file: Path) -> None:
     """Move every object of the stack's S3 store into a fresh `target` store.
 
@@ -321,7 +299,7 @@ def migrate_store(target: str, keep: Path, env_file: Path) -> None:
                 raise BackupError(f"the copy of {key} in {keep} does not match the store: nothing was changed")
         log(f"copied and checked {len(expected)} objects")
 
-        volume = volume_name("s3-data")
+        volume = STACK.volume("s3-data")
         compose("rm", "--stop", "--force", "s3")
         rm = subprocess.run(["docker", "volume", "rm", volume], capture_output=True, text=True)
         if rm.returncode != 0:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
+# scripts/stack.py: the one way to drive a stack (tests, bench and operator scripts).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from stack import ROOT, Stack, free_port  # noqa: E402
@@ -63,7 +65,7 @@ def stack(request) -> Iterator[Stack]:
             path.write_text(stack.compose("ps", "--all", check=False).stdout + "\n" + stack.logs())
             print(f"\nstack logs saved to {path}")
         if os.environ.get("MLFLOW_STACK_KEEP") != "1":
-            stack.compose("down", "--volumes", "--remove-orphans", check=False)
+            stack.down()
 
 
 @pytest.fixture(scope="session")

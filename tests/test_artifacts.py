@@ -32,7 +32,7 @@ import pytest
 import requests
 from sklearn.linear_model import LogisticRegression
 
-from stack import Stack, unique
+from stack import Stack, sha256_file, unique
 
 ART = "/api/2.0/mlflow-artifacts/artifacts"
 SIZE = 64 * 1024 * 1024 + 12345  # at least 50 MB, not a multiple of any chunk size
@@ -75,14 +75,6 @@ def write_random(path: Path, size: int) -> str:
             f.write(chunk)
             digest.update(chunk)
             left -= len(chunk)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

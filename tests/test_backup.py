@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import secrets
@@ -11,19 +10,15 @@ import tarfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 import requests
 from mlflow.server import get_app_client
-from sklearn.linear_model import LogisticRegression
+
+from snapshots import populate, snapshot
+from stack import Stack, unique
 from test_gateway_keys import create_secret, probe
 
-from stack import Stack, free_port, unique
-
 pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
-
-ROWS = pd.DataFrame({"x1": np.linspace(0, 1, 40), "x2": np.linspace(1, 0, 40) ** 2})
 
 
 def use(stack: Stack, user: str, password: str, monkeypatch) -> mlflow.MlflowClient:
@@ -33,24 +28,10 @@ def use(stack: Stack, user: str, password: str, monkeypatch) -> mlflow.MlflowCli
     return mlflow.MlflowClient()
 
 
-def snapshot(client: mlflow.MlflowClient, ids: dict, tmp: Path) -> dict:
-    run = client.get_run(ids["run_id"])
-    blob = mlflow.artifacts.download_artifacts(run_id=ids["run_id"], artifact_path="blob.bin", dst_path=str(tmp))
-    model = mlflow.pyfunc.load_model(f"models:/{ids['model']}@champion")
-    return {
-        "metrics": run.data.metrics,
-        "history": [(m.step, m.value) for m in client.get_metric_history(ids["run_id"], "loss")],
-        "blob": hashlib.sha256(Path(blob).read_bytes()).hexdigest(),
-        "alias": client.get_model_version_by_alias(ids["model"], "champion").version,
-        "predictions": np.asarray(model.predict(ROWS)).tolist(),
-    }
-
-
 @pytest.fixture(scope="module")
 def target(stack: Stack):
     """A second, fresh, empty stack (own project, own volumes): the restore target."""
-    other = Stack(project=unique("mlflowrestore").replace("-", ""), port=free_port(), env=dict(stack.env))
-    other.env["HTTP_PORT"] = str(other.port)
+    other = stack.sibling("mlflowrestore")
     try:
         other.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx")  # no trainer: stays empty
         yield other
@@ -59,22 +40,11 @@ def target(stack: Stack):
 
 
 def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypatch, tmp_path: Path) -> None:
-    client = use(stack, *admin, monkeypatch)
-    name, user, password = unique("backup-model"), unique("carol"), secrets.token_urlsafe(16)
+    use(stack, *admin, monkeypatch)
+    user, password = unique("carol"), secrets.token_urlsafe(16)
     get_app_client("basic-auth", tracking_uri=stack.url).create_user(username=user, password=password)
-    blob = tmp_path / "blob.bin"
-    blob.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
-    mlflow.set_experiment(unique("backup"))
-    with mlflow.start_run() as run:
-        for step in range(25):
-            mlflow.log_metric("loss", 1 / (step + 1), step=step)
-        mlflow.log_artifact(str(blob))
-        mlflow.sklearn.log_model(
-            LogisticRegression().fit(ROWS, ROWS["x1"] > 0.5), name="model", registered_model_name=name
-        )
-    client.set_registered_model_alias(name, "champion", "1")
-    ids = {"run_id": run.info.run_id, "model": name}
-    before = snapshot(client, ids, tmp_path / "before")
+    ids = populate(tmp_path / "data", "backup")
+    before = snapshot(ids, tmp_path / "before")
     gateway_secret = create_secret(stack, admin)
 
     made = stack.script("backup", "--out", str(tmp_path / "archives"))
@@ -122,7 +92,7 @@ def test_backup_restore_round_trip(stack: Stack, target: Stack, admin, monkeypat
 
     # The admin login is the target's own; everyone else's login came back.
     client = use(target, *target_admin, monkeypatch)
-    assert snapshot(client, ids, tmp_path / "after") == before
+    assert snapshot(ids, tmp_path / "after") == before
     r = requests.get(f"{target.url}/api/2.0/mlflow/users/get", params={"username": user}, auth=(user, password))
     assert r.status_code == 200 and r.json()["user"]["username"] == user
     experiments = {e.name for e in client.search_experiments()}
@@ -144,26 +114,13 @@ def test_postgresql_major_upgrade_by_backup_and_restore(stack: Stack, monkeypatc
     path, exactly as docs/operations.md gives it: back up on PostgreSQL 15,
     remove the database volume, start on 17, restore; every count and object
     verified, and MLflow reads everything back the same."""
-    s = Stack(project=unique("mlflowpgup").replace("-", ""), port=free_port(), env=dict(stack.env))
-    s.env.update({"HTTP_PORT": str(s.port), "POSTGRES_IMAGE": OLD_POSTGRES_IMAGE})
+    s = stack.sibling("mlflowpgup", POSTGRES_IMAGE=OLD_POSTGRES_IMAGE)
     try:
         s.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx")
         assert server_version(s) == 15
-        client = use(s, "admin", s.secret("mlflow_admin_password"), monkeypatch)
-        name = unique("pg-upgrade-model")
-        blob = tmp_path / "blob.bin"
-        blob.write_bytes(os.urandom(1_500_007))
-        mlflow.set_experiment(unique("pg-upgrade"))
-        with mlflow.start_run() as run:
-            for step in range(25):
-                mlflow.log_metric("loss", 1 / (step + 1), step=step)
-            mlflow.log_artifact(str(blob))
-            mlflow.sklearn.log_model(
-                LogisticRegression().fit(ROWS, ROWS["x1"] > 0.5), name="model", registered_model_name=name
-            )
-        client.set_registered_model_alias(name, "champion", "1")
-        ids = {"run_id": run.info.run_id, "model": name}
-        before = snapshot(client, ids, tmp_path / "before")
+        use(s, "admin", s.secret("mlflow_admin_password"), monkeypatch)
+        ids = populate(tmp_path / "data", "pg-upgrade")
+        before = snapshot(ids, tmp_path / "before")
 
         made = s.script("backup", "--out", str(tmp_path / "pg-upgrade"))
         assert made.returncode == 0, made.stderr
@@ -180,7 +137,7 @@ def test_postgresql_major_upgrade_by_backup_and_restore(stack: Stack, monkeypatc
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert "restore verified" in restored.stdout  # every count and object, against the manifest
 
-        client = use(s, "admin", s.secret("mlflow_admin_password"), monkeypatch)
-        assert snapshot(client, ids, tmp_path / "after") == before
+        use(s, "admin", s.secret("mlflow_admin_password"), monkeypatch)
+        assert snapshot(ids, tmp_path / "after") == before
     finally:
         s.compose("down", "--volumes", check=False)

@@ -40,14 +40,14 @@ READ_ONLY = (
 )
 # Documented commands that a test runs in argv form: (file, the code that runs it).
 ELSEWHERE = {
-    "docker compose up -d --wait": ("tests/stack.py", '"up", "--detach", "--wait"'),
+    "docker compose up -d --wait": ("scripts/stack.py", '"up", "--detach", "--wait"'),
     "docker compose up -d --wait nginx": (
         "tests/test_backup.py",
         '"up", "--detach", "--wait", "--wait-timeout", "300", "nginx"',
     ),
     "docker compose down -v": ("tests/test_backup.py", 'other.compose("down", "--volumes"'),
     "export COMPOSE_PROJECT_NAME=drill HTTP_PORT=8081": (
-        "tests/stack.py",
+        "scripts/stack.py",
         'env = {"COMPOSE_PROJECT_NAME": self.project}',
     ),
     "scripts/backup": ("tests/test_backup.py", 'stack.script("backup"'),
@@ -304,11 +304,34 @@ def test_readme_snippet_logs_a_run(stack: Stack, teammate: tuple[str, str], http
     assert art.status_code == 200 and art.content == (tmp_path / "confusion_matrix.png").read_bytes()
 
 
+def interpolations(text: str) -> list[tuple[str, str | None]]:
+    """(NAME, default or None) of every ${NAME}, ${NAME:-default}, ${NAME-default}
+    in compose text, nested ones included (a default may hold another ${...})."""
+    found = []
+    for start in [m.start() for m in re.finditer(r"\$\{", text)]:
+        depth, i = 0, start
+        while i < len(text):
+            if text.startswith("${", i):
+                depth, i = depth + 1, i + 2
+                continue
+            if text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        m = re.fullmatch(r"([A-Z_][A-Z0-9_]*)(?::?-(.*))?", text[start + 2 : i], re.S)
+        if m:
+            found.append((m.group(1), m.group(2)))
+    return found
+
+
 def compose_variables() -> dict[str, str | None]:
-    """Every ${VAR} the compose files (and the stores' store.yaml) read, with its `:-` default (None: none)."""
+    """Every ${VAR} the compose files (and the stores' store.yaml) read, with
+    its default in compose.yaml if it has one there (None: no default)."""
     found: dict[str, str | None] = {}
-    for f in sorted([*ROOT.glob("compose*.yaml"), *ROOT.glob("*/store.yaml")]):
-        for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)(?::?-([^}]*))?\}", f.read_text()):
+    files = [ROOT / "compose.yaml", *sorted(ROOT.glob("compose.*.yaml")), *sorted(ROOT.glob("*/store.yaml"))]
+    for f in files:
+        for name, default in interpolations(f.read_text()):
             found.setdefault(name, default)
     return found
 

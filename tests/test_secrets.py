@@ -8,7 +8,7 @@ import mlflow.server.auth as mlflow_auth
 import pytest
 from mlflow.utils.crypto import DEFAULT_KEK_PASSPHRASE
 
-from stack import Stack, unique
+from stack import Stack
 
 NAMES = (
     "postgres_password",
@@ -35,7 +35,7 @@ MODES = (
 @pytest.fixture
 def other(stack: Stack):
     """A second, fresh copy of the stack's secrets job (own project, own volume)."""
-    other = Stack(project=unique("mlflowsecrets").replace("-", ""), port=0, env=dict(stack.env))
+    other = stack.sibling("mlflowsecrets")
     yield other
     other.compose("down", "--volumes", check=False)
 

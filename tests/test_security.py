@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -136,6 +137,8 @@ def test_users_command_makes_working_accounts_and_refuses_bad_input(stack: Stack
     assert as_user((name, password)).get(stack.url + SEARCH, timeout=10).status_code == 200
     listed = users(stack, "list").stdout
     assert name in listed and f"{name}  (admin)" not in listed
+    quiet = users(stack, "list")
+    assert "Warning" not in quiet.stderr and "deprecated" not in quiet.stderr, quiet.stderr  # only its own output
 
     # An admin, and a new password for a teammate (the old one stops working).
     boss = unique("carol")
@@ -459,8 +462,18 @@ def test_malformed_json_is_400(stack: Stack, http: requests.Session, fresh_run: 
         {"params": [{"key": "ok", "value": "1"}, {"key": "p" * 300, "value": "1"}]},
         {"params": [{"key": "ok", "value": "1"}, {"key": "ok", "value": "2"}]},
         {"tags": [{"key": "ok", "value": "1"}, {"key": "a?b", "value": "1"}]},
+        # MLflow would keep the first 6,000 characters and answer 200.
+        {"params": [{"key": "ok", "value": "1"}, {"key": "notes", "value": "x" * (10 << 20)}]},
     ],
-    ids=["metric-name", "metric-value", "metric-timestamp", "param-key-length", "duplicate-param", "tag-key"],
+    ids=[
+        "metric-name",
+        "metric-value",
+        "metric-timestamp",
+        "param-key-length",
+        "duplicate-param",
+        "tag-key",
+        "param-value-10MB",
+    ],
 )
 def test_invalid_names_or_values_are_400_and_write_nothing(
     stack: Stack, http: requests.Session, fresh_run: str, batch: dict
@@ -535,32 +548,59 @@ def test_failed_sign_ins_lock_the_address_out(stack: Stack, teammates) -> None:
 
 # --- containers ---------------------------------------------------------------
 
-# MinIO's image runs as root (with no capabilities) and writes outside /data;
-# SeaweedFS, the default, runs as its own unprivileged user, read-only.
+# The documented exceptions (docs/security.md): MinIO's image runs as root
+# (with no capabilities) and writes outside /data; SeaweedFS, the default,
+# runs as its own unprivileged user, read-only. The `tls` job (TLS variant,
+# one-shot, no network) is root with exactly these capabilities, read-only.
 ROOT_ALLOWED_MINIO = {"s3"}
+TLS_JOB_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
 
 
-def inspect(stack: Stack) -> dict[str, dict]:
-    ids = stack.compose("ps", "-q").stdout.split()
+def inspect(stack: Stack, every: bool = False) -> dict[str, dict]:
+    """Each service's container as `docker inspect` sees it; with every=True
+    the exited one-shot jobs too (secrets, bucket, migrate, accounts, trainer)."""
+    ids = stack.compose("ps", "-q", *(["--all"] if every else [])).stdout.split()
     info = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
     return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in info}
 
 
 def test_containers_run_without_privileges(stack: Stack) -> None:
-    running = inspect(stack)
-    assert {"postgres", "mlflow-server", "nginx", "gc", "s3"} <= set(running)
+    containers = inspect(stack, every=True)
+    assert {"postgres", "mlflow-server", "nginx", "gc", "s3"} <= set(containers)
+    assert {"secrets", "bucket", "migrate", "accounts", "trainer"} <= set(containers)  # one-shot jobs too
     root_allowed = ROOT_ALLOWED_MINIO if stack.s3_store == "minio" else set()
-    for service, c in running.items():
+    for service, c in containers.items():
         host = c["HostConfig"]
         user = c["Config"]["User"]
-        if service not in root_allowed:
-            assert user and user.split(":")[0] not in ("", "0", "root"), f"{service} runs as root"
+        caps = set(host.get("CapAdd") or [])
+        if service == "tls":
+            assert user.split(":")[0] in ("0", "root") and caps == TLS_JOB_CAPS, (user, caps)
+            assert c["HostConfig"]["NetworkMode"] == "none"
+        else:
+            if service not in root_allowed:
+                assert user and user.split(":")[0] not in ("", "0", "root"), f"{service} runs as root"
+            assert not caps, f"{service} adds capabilities {caps}"
         assert "no-new-privileges:true" in (host.get("SecurityOpt") or []), service
         assert host.get("CapDrop") in (["ALL"], ["all"]), f"{service} keeps capabilities: {host.get('CapDrop')}"
-        assert not host.get("CapAdd"), service
         assert not host.get("Privileged"), service
         if service not in root_allowed:
             assert host.get("ReadonlyRootfs") is True, f"{service} has a writable root filesystem"
+
+
+def test_nginx_cannot_read_an_operators_tls_key(stack: Stack) -> None:
+    """nginx gets its config files one by one, never nginx/ as a whole: a key
+    an operator keeps in nginx/certs is not in its container at all."""
+    probe = ROOT / "nginx" / "certs" / "probe-server.key"
+    probe.write_text("not a key, but where an operator's would be\n")
+    try:
+        mounts = inspect(stack)["nginx"]["Mounts"]
+        assert not any(Path(m["Source"]).resolve() in (ROOT / "nginx", ROOT / "nginx" / "certs") for m in mounts)
+        found = stack.compose(
+            "exec", "-T", "nginx", "sh", "-c", "grep -rl 'where an operator' /etc 2>/dev/null", check=False
+        )
+        assert found.stdout.strip() == "", found.stdout
+    finally:
+        probe.unlink()
 
 
 def test_only_nginx_publishes_a_port(stack: Stack) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from stack import ROOT, Stack, free_port, unique
+from stack import ROOT, Stack, unique
 
 pytestmark = pytest.mark.slow  # other stacks, restarts: `-m "not slow"` leaves it out
 
@@ -64,8 +64,7 @@ def test_one_setting_picks_the_store() -> None:
 @pytest.fixture(scope="module")
 def sibling(stack: Stack):
     """A second stack of this checkout, without the trainer."""
-    s = Stack(project=unique("mlflowstore").replace("-", ""), port=free_port(), env=dict(stack.env))
-    s.env["HTTP_PORT"] = str(s.port)
+    s = stack.sibling("mlflowstore")
     try:
         s.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx", "gc")
         yield s

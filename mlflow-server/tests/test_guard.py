@@ -194,3 +194,18 @@ def test_requests_the_guard_does_not_read(path: str, method: str, content_type: 
 
 def test_an_empty_json_body_is_left_to_mlflow() -> None:
     assert violation("/api/2.0/mlflow/runs/create", "") is None
+
+
+def test_a_param_value_longer_than_mlflow_keeps_is_refused() -> None:
+    body = {"run_id": "r", "params": [{"key": "ok", "value": "x" * 10}, {"key": "notes", "value": "x" * 6001}]}
+    status, code, message = violation(LOG_BATCH, body)
+    assert (status, code) == (400, "INVALID_PARAMETER_VALUE")
+    assert "params[1] 'notes'" in message and "6001 characters" in message and "at most 6000" in message
+    one = violation("/api/2.0/mlflow/runs/log-parameter", {"run_id": "r", "key": "k", "value": "y" * 10_000})
+    assert one is not None and one[0] == 400
+
+
+def test_a_param_value_at_mlflows_limit_passes() -> None:
+    body = {"run_id": "r", "params": [{"key": "k", "value": "x" * 6000}]}
+    assert violation("/api/2.0/mlflow/runs/log-batch", body) is None
+    assert violation("/api/2.0/mlflow/runs/log-parameter", {"run_id": "r", "key": "k", "value": "v"}) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -92,3 +93,24 @@ def test_champion_predicts_probabilities_and_enforces_schema(write_config, track
         model.predict(rows.drop(columns=["Age"]))
     with pytest.raises(MlflowException, match="(?i)incompatible input types|schema|failed to convert"):
         model.predict(rows.assign(Age=["sixty", "twenty"]))
+
+
+def test_run_links_use_the_public_address_and_no_integer_hint(
+    write_config, tracking_uri: str, monkeypatch, capsys
+) -> None:
+    """The tracking URI may be an address only containers reach (the stack's
+    trainer uses http://nginx:8080): links go to the address people open, and
+    MLflow's own link (with the container address) is not printed. MLflow's
+    integer-column hint is not printed either (train.py says why)."""
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    path = write_config()
+    logged: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_sweep(
+            load_config(path), path, tracking_uri=tracking_uri, log=logged.append, public_url="https://mlflow.example/"
+        )
+    exp_id = mlflow.MlflowClient().get_experiment_by_name("unit-churn").experiment_id
+    links = [line.split("] ", 1)[1] for line in logged if "https://mlflow.example" in line]
+    assert links == [f"https://mlflow.example/#/experiments/{exp_id}/runs/{run_id}" for run_id in result.run_ids]
+    assert not [(w.filename, w.lineno) for w in caught if "Inferred schema contains integer column" in str(w.message)]

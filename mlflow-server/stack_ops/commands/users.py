@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from stack_ops.common import Settings, StackError, die, env, log
@@ -32,6 +33,10 @@ USAGE = (
 
 
 def _store():
+    # Importing MLflow's auth package imports its FastAPI app, whose use of a
+    # deprecated Starlette module warns on stderr: noise before this command's
+    # own output, and nothing an operator can act on.
+    warnings.filterwarnings("ignore", message=r"starlette\.middleware\.wsgi is deprecated")
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     store = SqlAlchemyStore()

@@ -17,7 +17,8 @@ routes alike. This one wraps MLflow's own `authenticate_request_basic_auth`:
 2. **Requests MLflow would mishandle are refused with 400.** A malformed
    JSON body (MLflow answers some with a 500 HTML page), and metric values,
    timestamps or steps of the wrong type (MLflow stores a metric value of
-   "abc" as 0.0).
+   "abc" as 0.0), and param values longer than MLflow keeps (it would cut
+   them to 6,000 characters and answer 200).
 3. **Artifact locations stay in the bucket.** `experiments/create` with an
    `artifact_location` outside the stack's artifact store (`file:`, local
    paths, other buckets, `..` segments) is refused with 400, so no run can
@@ -201,6 +202,26 @@ def metric_problem(body: dict) -> str | None:
     return None
 
 
+def param_problem(body: dict) -> str | None:
+    """A param value longer than MLflow stores: MLflow would cut it to its
+    limit and answer 200, so the client would never learn its value was lost."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    params = body.get("params") if request.path.endswith("/log-batch") else [body]
+    if not isinstance(params, list):
+        return None
+    for i, param in enumerate(params):
+        if not isinstance(param, dict) or not isinstance(param.get("value"), str):
+            continue
+        if len(param["value"]) > MAX_PARAM_VAL_LENGTH:
+            where = f"params[{i}]" if request.path.endswith("/log-batch") else "param"
+            return (
+                f"{where} {param.get('key')!r} has a value of {len(param['value'])} characters; "
+                f"MLflow stores at most {MAX_PARAM_VAL_LENGTH} (log longer text as an artifact)"
+            )
+    return None
+
+
 def policy_violation() -> Response | None:
     if request.method not in ("POST", "PUT", "PATCH", "DELETE") or "/mlflow-artifacts/" in request.path:
         return None
@@ -215,6 +236,10 @@ def policy_violation() -> Response | None:
         problem = metric_problem(body)
         if problem:
             return _error(400, "INVALID_PARAMETER_VALUE", f"Invalid value: {problem}.")
+    if request.path.endswith(("/mlflow/runs/log-batch", "/mlflow/runs/log-parameter")):
+        problem = param_problem(body)
+        if problem:
+            return _error(400, "INVALID_PARAMETER_VALUE", f"Param value too long: {problem}.")
     if not request.path.endswith("/mlflow/experiments/create"):
         return None
     location = body.get("artifact_location")

@@ -35,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         _password_from_file()
-        result = run_sweep(config, args.config, tracking_uri=args.tracking_uri, force=args.force, log=_log)
+        result = run_sweep(
+            config,
+            args.config,
+            tracking_uri=args.tracking_uri,
+            force=args.force,
+            log=_log,
+            public_url=os.environ.get("MLFLOW_PUBLIC_URL") or None,
+        )
     except (ConfigError, DataError, ModelParamError) as e:
         print(f"[bankchurn] error: {e}", file=sys.stderr)
         return 2

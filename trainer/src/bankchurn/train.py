@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from bankchurn.evaluate import figures, metrics
 from bankchurn.pipeline import build_pipeline, feature_importance
 
 TAG_FINGERPRINT = "bankchurn.fingerprint"
+INTEGER_HINT = "Hint: Inferred schema contains integer column"
 TAG_SWEEP = "bankchurn.sweep_id"
 TAG_VERSION = "bankchurn.model_version"
 
@@ -76,6 +79,24 @@ def trusted_types(model) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
+def without_integer_hint(fn):
+    """MLflow hints, for every schema it infers (the dataset, the signature,
+    the input example), that integer columns can't hold missing values. The
+    columns stay integers anyway: a double schema would refuse the int64
+    frames callers send ("Can not safely convert int64 to float64",
+    tests/test_train.py), and this data has no missing values by construction
+    (generate.py), the case the hint is about. So the hint is not printed."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=INTEGER_HINT)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@without_integer_hint
 def run_sweep(
     config: TrainConfig,
     config_path: Path,
@@ -83,7 +104,12 @@ def run_sweep(
     tracking_uri: str | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
+    public_url: str | None = None,
 ) -> SweepResult:
+    """Train every candidate of the config's sweep, log each as a run with its
+    model registered, and promote the best. `public_url`: the address people
+    open the UI at (the tracking URI may be an address only containers reach);
+    run links are printed with it instead of MLflow's own."""
     # Everything that can fail on bad input fails here, before MLflow is touched.
     features = config.features.all
     x, y = load_dataset(config.data.path, features, config.target)
@@ -104,6 +130,8 @@ def run_sweep(
         # MLflow 3.17 refuses the file store unless told it is wanted.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         log("file store: MLflow keeps it in maintenance mode; prefer sqlite:/// or a server for real use")
+    if public_url:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     client = mlflow.MlflowClient()
     experiment = mlflow.set_experiment(config.mlflow.experiment)
     exp_id = experiment.experiment_id
@@ -189,6 +217,9 @@ def run_sweep(
             mlflow.set_tag(TAG_VERSION, version)
             run_ids.append(run.info.run_id)
             log(f"[{index}/{len(candidates)}] auc_roc {scores['auc_roc']:.4f}, registered as version {version}")
+            if public_url:
+                link = f"{public_url.rstrip('/')}/#/experiments/{exp_id}/runs/{run.info.run_id}"
+                log(f"[{index}/{len(candidates)}] {link}")
     return _promote(client, config, exp_id, fp, run_ids, skipped=False, log=log)
 
 

@@ -1,0 +1,210 @@
+"""Drive one copy of the stack with `docker compose`: the one way the tests,
+the benchmark and the operator scripts (backup, restore, migrate-store) do it.
+
+Standard library only, so every one of them can import it: the test suite
+(tests/conftest.py puts this folder on sys.path), bench/bench.py and
+scripts/stack_backup.py.
+
+    Stack(project="mlflowtest1a2b3c", port=8123, env={...})   a copy of its own
+    Stack.current()                  the operator's stack (COMPOSE_PROJECT_NAME, or compose.yaml's name)
+    stack.sibling("mlflowrestore")   a second, fresh copy beside it (same images and settings)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG_RUNNING = ("postgres", "mlflow-server", "nginx", "gc")
+ONE_SHOT = ("secrets", "bucket", "migrate", "accounts")
+
+
+class ComposeError(RuntimeError):
+    """A `docker compose` command failed; the message has its output's tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or earlier run) uses."""
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def last_json(out: str):
+    """The JSON document on the last line of a command's output."""
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@dataclass
+class Stack:
+    project: str | None  # None: the operator's stack (COMPOSE_PROJECT_NAME or compose.yaml's `name`)
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def current(cls) -> Stack:
+        """The stack an operator's command acts on: their environment decides."""
+        return cls(project=None)
+
+    def sibling(self, prefix: str, **env: str) -> Stack:
+        """A second copy beside this one: same settings (images, variables), its
+        own project name, port and volumes. `env` overrides settings for it."""
+        other = Stack(project=unique(prefix).replace("-", ""), port=free_port(), env={**self.env, **env})
+        other.env["HTTP_PORT"] = str(other.port)
+        return other
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        check: bool,
+        timeout: float | None,
+        input: str | None = None,
+        stdin=None,
+        stdout=None,
+    ) -> subprocess.CompletedProcess:
+        binary = stdin is not None or stdout is not None
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **self.env, **env},
+            input=input,
+            stdin=stdin,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=not binary,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+            out = proc.stdout if isinstance(proc.stdout, str) else ""
+            raise ComposeError(f"{' '.join(cmd[:8])} failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
+        return proc
+
+    def compose(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float | None = 600,
+        input: str | None = None,
+        stdin=None,
+        stdout=None,
+    ) -> subprocess.CompletedProcess:
+        """`docker compose ARGS` for this stack. Text in and out, or binary
+        streams with `stdin=`/`stdout=` (a dump piped to a file)."""
+        project = ["--project-name", self.project] if self.project else []
+        return self._run(["docker", "compose", *project, *args], {}, check, timeout, input, stdin, stdout)
+
+    def script(self, name: str, *args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+        """An operator's command, exactly as documented: scripts/NAME ARGS, aimed at this stack."""
+        env = {"COMPOSE_PROJECT_NAME": self.project} if self.project else {}
+        return self._run([str(ROOT / "scripts" / name), *args], env, check, timeout)
+
+    def up(self, *services: str, timeout: float = 300) -> float:
+        """`up --detach --wait` (the whole stack, or these services and what
+        they need); returns the seconds it took."""
+        t0 = time.monotonic()
+        self.compose("up", "--detach", "--wait", "--wait-timeout", str(int(timeout)), *services, timeout=timeout + 300)
+        return round(time.monotonic() - t0, 1)
+
+    def down(self) -> None:
+        """Remove the copy and its volumes (profiles included)."""
+        self.compose("--profile", "ops", "--profile", "bench", "down", "--volumes", "--remove-orphans", check=False)
+
+    def services(self) -> list[str]:
+        return self.compose("config", "--services").stdout.split()
+
+    s3_service = "s3"  # the store's service, whichever store S3_STORE picks
+
+    @property
+    def s3_store(self) -> str:
+        """`seaweedfs` or `minio`: the store S3_STORE picks for this stack."""
+        return self.env.get("S3_STORE") or os.environ.get("S3_STORE") or "seaweedfs"
+
+    def volume(self, name: str) -> str:
+        """The Docker name of one of this stack's volumes (`s3-data` ...)."""
+        return json.loads(self.compose("config", "--format", "json").stdout)["volumes"][name]["name"]
+
+    def secret(self, name: str) -> str:
+        return self.compose("exec", "-T", "mlflow-server", "cat", f"/run/secrets/{name}").stdout.strip()
+
+    def python_in(self, service: str, code: str) -> str:
+        """Run Python inside a running service of the stack (its network, its env)."""
+        return self.compose("exec", "-T", service, "python", "-c", code).stdout
+
+    def bucket_objects(self, prefix: str) -> dict:
+        """Objects (size, sha256) straight from the S3 store, from inside the stack's network."""
+        out = self.compose("exec", "-T", "mlflow-server", "/opt/stack/entrypoint.sh", "objects", "list", prefix).stdout
+        return {"objects": last_json(out)}
+
+    def containers(self) -> list[dict]:
+        """Every container of the stack, exited one-shot jobs included."""
+        out = self.compose("ps", "--all", "--format", "json").stdout.strip()
+        if not out:
+            return []
+        if out.startswith("["):
+            return json.loads(out)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def running(self) -> dict[str, str]:
+        """service -> container id, running containers only."""
+        return {c["Service"]: c["ID"] for c in self.containers() if c.get("State") == "running"}
+
+    def wait_exited(self, service: str, timeout: float = 900) -> int:
+        """Poll until the one-shot `service` has exited; return its exit code."""
+        deadline = time.monotonic() + timeout
+        state = "not created"
+        while time.monotonic() < deadline:
+            found = [c for c in self.containers() if c["Service"] == service]
+            if found:
+                state = found[0]["State"]
+                if state == "exited":
+                    return int(found[0]["ExitCode"])
+            time.sleep(2)
+        raise TimeoutError(f"{service} still {state} after {timeout:.0f}s")
+
+    def wait_http_ok(self, path: str = "/health", timeout: float = 120) -> None:
+        """Poll the front door until `path` answers 200, or fail saying what we waited for."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+            except OSError as e:
+                last = str(e)
+            time.sleep(1)
+        raise TimeoutError(f"{self.url}{path} not OK after {timeout:.0f}s (last: {last})")
+
+    def logs(self, *services: str) -> str:
+        return self.compose("logs", "--no-color", "--timestamps", *services, check=False).stdout
