@@ -17,6 +17,7 @@ Anything else fails the test, by name.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -346,3 +347,32 @@ def test_configuration_documents_every_variable() -> None:
     assert not missing, f"docs/configuration.md has no row for: {missing}"
     wrong = {v: (d, rows[v]) for v, d in variables.items() if d and f"`{d}`" not in rows[v]}
     assert not wrong, f"defaults in docs/configuration.md differ from the compose files: {wrong}"
+
+
+def compose_model() -> dict:
+    """`docker compose config` of the stack with every profile switched on."""
+    proc = subprocess.run(
+        ["docker", "compose", "--profile", "ops", "--profile", "tls", "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def test_architecture_draws_every_service_volume_and_network() -> None:
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    drawing = doc.split("## The whole stack", 1)[1].split("```", 2)[1]
+    table = {m for m in re.findall(r"^\| `([a-z0-9-]+)`", doc.split("## Services", 1)[1], re.M)}
+    model = compose_model()
+    services, volumes, networks = set(model["services"]), set(model["volumes"]), set(model["networks"])
+    assert {"tls", "ops", "users", "s3"} <= services  # profiles included
+    missing = {
+        "drawn services": sorted(s for s in services if not re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", drawing)),
+        "drawn volumes": sorted(v for v in volumes if f"{v}" not in drawing),
+        "drawn networks": sorted(n for n in networks if f"network {n}" not in drawing),
+        "services in the table": sorted(services - table),
+        "table rows that compose no longer defines": sorted(table - services),
+    }
+    assert not any(missing.values()), missing
