@@ -13,8 +13,11 @@ measurement) as its last line of stdout. scripts/bench drives it.
     load.py runs-load TARGET [--max-retries N]
     load.py chart     RESULTS.json OUT.png
 
-TARGET is `stack` (nginx, basic auth as admin), `baseline` (plain `mlflow
-server`, no auth) or `s3` (the bucket, directly with boto3; artifacts only).
+TARGET is `stack` (nginx, basic auth), `server` (the stack's server without
+nginx), `baseline` (plain `mlflow server`, no auth) or `s3` (the bucket,
+directly with boto3; artifacts only). Logging, search and history call the
+stack as a regular user (`--role teammate`, the default: a new account
+without admin rights) or as the admin (`--role admin`); the rest as the admin.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -58,6 +62,19 @@ def target(name: str) -> Target:
     raise SystemExit(f"unknown target {name!r}")
 
 
+def teammate(t: Target, role: str) -> Target:
+    """The target as a regular user (`role` "teammate"): a new account without
+    admin rights, so every request pays for MLflow's permission checks as a
+    team's requests do. The baseline has no accounts and stays as it is."""
+    if role == "admin" or t.auth is None:
+        return t
+    name, password = f"bench-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
+    s = session(t)
+    r = s.post(f"{t.url}/api/2.0/mlflow/users/create", json={"username": name, "password": password}, timeout=60)
+    r.raise_for_status()
+    return Target(t.name, t.url, (name, password))
+
+
 def session(t: Target, retry: bool = True) -> requests.Session:
     """Setup calls retry dropped connections and 5xx like MLflow's client does;
     measured calls (retry=False) count every failure as an error."""
@@ -87,7 +104,7 @@ def new_run(s: requests.Session, t: Target, experiment_id: str) -> str:
 
 # --- logging -----------------------------------------------------------------
 def cmd_logging(a: argparse.Namespace) -> dict:
-    t = target(a.target)
+    t = teammate(target(a.target), a.role)
     s = session(t)
     exp = new_experiment(s, t, "bench-logging")
     runs = [new_run(s, t, exp) for _ in range(a.clients)]
@@ -154,6 +171,7 @@ def cmd_logging(a: argparse.Namespace) -> dict:
         "expected_points_m0": n - err + a.warmup * a.clients - sum(warm_errors),
         "clients": a.clients,
         "metrics_per_call": a.metrics,
+        "role": a.role if t.auth else "no auth",
         "latencies_ms": [round(x * 1000, 1) for x in lat],  # scripts/bench merges rounds with these
     }
 
@@ -274,7 +292,7 @@ def timed_repeat(fn, repeat: int) -> list[float]:
 
 
 def cmd_search(a: argparse.Namespace) -> dict:
-    t = target(a.target)
+    t = teammate(target(a.target), a.role)
     s = session(t, retry=False)
     want = min(1000, a.expect)
 
@@ -292,7 +310,7 @@ def cmd_history(a: argparse.Namespace) -> dict:
     """The MLflow client's get_metric_history (what a user or the UI's chart calls)."""
     from mlflow import MlflowClient
 
-    t = target(a.target)
+    t = teammate(target(a.target), a.role)
     if t.auth:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = t.auth
     client = MlflowClient(tracking_uri=t.url)
@@ -528,6 +546,9 @@ def cmd_runs_load(a: argparse.Namespace) -> dict:
     return {"seconds": round(seconds, 2), "max_retries": a.max_retries}
 
 
+ROLE_HELP = "who calls a target with accounts: a new regular user (default) or the admin"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -537,6 +558,7 @@ def main() -> int:
     q.add_argument("--seconds", type=float, default=60)
     q.add_argument("--metrics", type=int, default=10)
     q.add_argument("--warmup", type=int, default=3, help="unmeasured calls per client first")
+    q.add_argument("--role", choices=("teammate", "admin"), default="teammate", help=ROLE_HELP)
     q = sub.add_parser("seed")
     q.add_argument("target")
     q.add_argument("--runs", type=int, default=25000)
@@ -546,11 +568,13 @@ def main() -> int:
     q.add_argument("--experiment-id", required=True)
     q.add_argument("--expect", type=int, required=True)
     q.add_argument("--repeat", type=int, default=20)
+    q.add_argument("--role", choices=("teammate", "admin"), default="teammate", help=ROLE_HELP)
     q = sub.add_parser("history")
     q.add_argument("target")
     q.add_argument("--run-id", required=True)
     q.add_argument("--points", type=int, required=True)
     q.add_argument("--repeat", type=int, default=5)
+    q.add_argument("--role", choices=("teammate", "admin"), default="teammate", help=ROLE_HELP)
     for name in ("artifacts", "upload"):
         q = sub.add_parser(name)
         q.add_argument("target")

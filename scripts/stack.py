@@ -57,6 +57,15 @@ def last_json(out: str):
     return json.loads(out.strip().splitlines()[-1])
 
 
+SIGN_IN_PROBE = """
+import json, socket, sys, requests
+user, password, n = json.loads(sys.argv[1])
+url = "http://nginx:8080/api/2.0/mlflow/experiments/search?max_results=1"
+codes = [requests.get(url, auth=(user, password), timeout=30).status_code for _ in range(n)]
+print(json.dumps({"codes": codes, "address": socket.gethostbyname(socket.gethostname())}))
+"""
+
+
 @dataclass
 class Stack:
     project: str | None  # None: the operator's stack (COMPOSE_PROJECT_NAME or compose.yaml's `name`)
@@ -205,6 +214,20 @@ class Stack:
                 last = str(e)
             time.sleep(1)
         raise TimeoutError(f"{self.url}{path} not OK after {timeout:.0f}s (last: {last})")
+
+    def sign_in_codes(self, user: str, password: str, n: int) -> list[int]:
+        """The status of n requests with these credentials through nginx, each
+        on a new connection, from a throwaway container: refused sign-ins count
+        against its address (which is unlocked again), never against the
+        caller's. Keep n under MLFLOW_AUTH_MAX_FAILURES (10)."""
+        args = json.dumps([user, password, n])
+        out = self.compose(
+            "run", "--rm", "--no-deps", "-T", "--entrypoint", "python", "trainer", "-c", SIGN_IN_PROBE, args
+        ).stdout
+        result = last_json(out)
+        if 401 in result["codes"]:
+            self.script("users", "unlock", result["address"], check=True, timeout=300)
+        return result["codes"]
 
     def logs(self, *services: str) -> str:
         return self.compose("logs", "--no-color", "--timestamps", *services, check=False).stdout

@@ -56,6 +56,16 @@ PRIVATE_API = [
         ["self", "local_dir", "artifact_path"],
     ),
     ("mlflow.store.artifact.s3_artifact_repo", "S3ArtifactRepository.delete_artifacts", ["self", "artifact_path"]),
+    # server/authcache.py: the lookups it caches and the functions it wraps
+    ("mlflow.server.auth", "_run_requirement", ["run_id", "action"]),
+    ("mlflow.server.auth", "_authenticate_cached", ["username", "password"]),
+    ("mlflow.server.auth", "_auth_cache_key", ["username", "password"]),
+    ("mlflow.server.auth.sqlalchemy_store", "SqlAlchemyStore.get_user", ["self", "username"]),
+    (
+        "mlflow.server.auth.sqlalchemy_store",
+        "SqlAlchemyStore.list_grants",
+        ["self", "user_id", "workspace", "resource_types"],
+    ),
     # server/guard.py, server/app.py
     ("mlflow.server.auth", "authenticate_request_basic_auth", []),
     ("mlflow.server.auth", "create_app", ["app"]),
@@ -120,6 +130,44 @@ def test_error_codes_and_settings_the_stack_names_exist() -> None:
     )
     for code in ("RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE"):  # raised by server/store.py
         assert isinstance(getattr(databricks_pb2, code), int)
+
+
+def test_the_auth_cache_finds_what_it_wraps_and_rebuilds_mlflow_s_run_requirements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cache hit must give exactly what MLflow's _run_requirement gives for that run."""
+    from types import SimpleNamespace
+
+    from mlflow.server import auth
+
+    from stack_ops.server import authcache
+
+    for name in ("store", "Requirement", "RESOURCE_TYPE_EXPERIMENT", "RESOURCE_TYPE_RUN", "_USER_AUTH_CACHE_LOCK"):
+        assert hasattr(auth, name), name
+    assert hasattr(auth, "_USER_AUTH_CACHE")  # a dict, or None when MLflow's credential cache is off
+
+    run = SimpleNamespace(info=SimpleNamespace(experiment_id="17"))
+    fetched = []
+    tracking = SimpleNamespace(get_run=lambda run_id: fetched.append(run_id) or run)
+    monkeypatch.setattr(auth, "_get_tracking_store", lambda: tracking)
+    mlflow_s = auth._run_requirement("r1", "update")
+
+    # A module proxy, so installing the cache leaves mlflow.server.auth itself untouched.
+    proxy = SimpleNamespace(
+        store=SimpleNamespace(get_user=lambda u: None, list_grants=lambda *a: []),
+        _run_requirement=auth._run_requirement,
+        Requirement=auth.Requirement,
+        RESOURCE_TYPE_EXPERIMENT=auth.RESOURCE_TYPE_EXPERIMENT,
+        RESOURCE_TYPE_RUN=auth.RESOURCE_TYPE_RUN,
+        _USER_AUTH_CACHE=None,
+    )
+    cache = authcache.AuthCache(60)
+    cache.live = True
+    authcache.install(proxy, cache)
+    miss = proxy._run_requirement("r1", "update")
+    hit = proxy._run_requirement("r1", "update")
+    assert fetched == ["r1", "r1"]  # MLflow's own lookup once, then the cache
+    assert miss == mlflow_s and hit == mlflow_s
 
 
 @pytest.fixture

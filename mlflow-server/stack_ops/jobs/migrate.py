@@ -55,7 +55,19 @@ def migrate_auth(uri: str) -> None:
 
         with engine.begin() as conn:
             conn.exec_driver_sql(TABLE_DDL)
-        log(JOB, "auth schema at head (plus stack_auth_failures)")
+        # A trigger on every auth table tells the server's workers to drop their
+        # auth caches at once (stack_ops/server/authcache.py). Raw cursor: the
+        # DDL holds `%I`, which a parameterized execute would try to fill.
+        from stack_ops.server.authcache import TRIGGER_DDL
+
+        raw = engine.raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.execute(TRIGGER_DDL)
+            raw.commit()
+        finally:
+            raw.close()
+        log(JOB, "auth schema at head (plus stack_auth_failures and the cache triggers)")
     finally:
         engine.dispose()
 

@@ -10,6 +10,12 @@ router that sends one path elsewhere:
   artifact to or from the S3 store itself (`artifacts.py`). nginx answers that
   path with 404 from outside; only its internal auth subrequest gets here.
 
+Each worker also puts caches in front of MLflow's auth lookups, emptied on
+every worker when the auth database changes (`authcache.py`), and runs at
+most MLFLOW_WORKER_THREADS requests at once in MLflow's Flask app (the
+thread pool Starlette runs it in; more threads than database connections
+only makes a worker open and close connections under load).
+
 Everything else goes to MLflow as it is. (Store errors in MLflow's terms, 404
 for a missing object, come from the `s3` artifact repository plugin,
 `store.py`.)
@@ -27,11 +33,17 @@ _logger = logging.getLogger("stack_ops.server")
 class StackApp:
     """ASGI: `/_stack/artifact-access` goes to the decider, everything else to MLflow."""
 
-    def __init__(self, mlflow_app, decider: Decider) -> None:
+    def __init__(self, mlflow_app, decider: Decider, threads: int = 0) -> None:
         self.mlflow_app = mlflow_app
         self.decider = decider
+        self.threads = threads  # 0: Starlette's default (40)
 
     async def __call__(self, scope, receive, send) -> None:
+        if self.threads:  # the limiter belongs to the event loop: set it from inside
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+            self.threads = 0
         if scope["type"] == "http" and scope.get("path") == ENDPOINT:
             await self.decider.decide(scope, receive, send)
             return
@@ -52,13 +64,38 @@ class PassThrough:
         await Response(b"", 200, answer)(scope, receive, send)
 
 
+def auth_db_connect():
+    """A psycopg2 connection to the auth database (the auth cache's listener)."""
+    import psycopg2
+    import sqlalchemy
+    from mlflow.server import auth
+
+    url = sqlalchemy.engine.make_url(auth.auth_config.database_uri)
+    return psycopg2.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        keepalives=1,
+        keepalives_idle=30,
+        **{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()},
+    )
+
+
 def create_app() -> StackApp:
+    import os
+
+    from mlflow.server import auth
     from mlflow.server.auth import create_app as create_basic_auth_app
 
+    from stack_ops.server import authcache
+
     mlflow_app = create_basic_auth_app()
+    authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect)
     try:
         decider = Decider()
     except (ImportError, AttributeError) as e:
         _logger.warning("artifact transfers go through MLflow's proxy: this MLflow lacks %s", e)
         decider = PassThrough()
-    return StackApp(mlflow_app, decider)
+    return StackApp(mlflow_app, decider, int(os.environ.get("MLFLOW_WORKER_THREADS") or 0))

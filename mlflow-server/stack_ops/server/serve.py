@@ -85,7 +85,12 @@ def main() -> int:
         return die(JOB, f"MLFLOW_DEFAULT_PERMISSION={permission} is not one of {', '.join(PERMISSIONS)}")
     cache_ttl = env("MLFLOW_AUTH_CACHE_TTL_SECONDS", "60")
     workers = env("MLFLOW_WORKERS", str(default_workers()))
-    for name, value in (("MLFLOW_AUTH_CACHE_TTL_SECONDS", cache_ttl), ("MLFLOW_WORKERS", workers)):
+    threads = env("MLFLOW_WORKER_THREADS", "15")
+    for name, value in (
+        ("MLFLOW_AUTH_CACHE_TTL_SECONDS", cache_ttl),
+        ("MLFLOW_WORKERS", workers),
+        ("MLFLOW_WORKER_THREADS", threads),
+    ):
         if not value.isdigit():
             return die(JOB, f"{name}={value} is not a whole number")
 
