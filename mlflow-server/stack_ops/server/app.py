@@ -16,6 +16,10 @@ most MLFLOW_WORKER_THREADS requests at once in MLflow's Flask app (the
 thread pool Starlette runs it in; more threads than database connections
 only makes a worker open and close connections under load).
 
+Metric history pages are written straight from the database rows, byte for
+byte what MLflow's view writes, behind MLflow's own authorization
+(`history.py`; STACK_FAST_METRIC_HISTORY=false turns it off).
+
 Everything else goes to MLflow as it is. (Store errors in MLflow's terms, 404
 for a missing object, come from the `s3` artifact repository plugin,
 `store.py`.)
@@ -86,12 +90,14 @@ def auth_db_connect():
 def create_app() -> StackApp:
     import os
 
+    from mlflow.server import app as flask_app
     from mlflow.server import auth
     from mlflow.server.auth import create_app as create_basic_auth_app
 
-    from stack_ops.server import authcache
+    from stack_ops.server import authcache, history
 
     mlflow_app = create_basic_auth_app()
+    history.install(flask_app)
     authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect)
     try:
         decider = Decider()
