@@ -94,6 +94,7 @@ def main() -> int:
         if not value.isdigit():
             return die(JOB, f"{name}={value} is not a whole number")
 
+    os.environ["MLFLOW_WORKER_THREADS"] = threads  # read by each worker (app.py)
     for name in TUNABLES:  # unset when empty: MLflow reads "" as an invalid number
         if not os.environ.get(name, "").strip():
             os.environ.pop(name, None)
