@@ -111,6 +111,40 @@ def memory_bytes(container_id: str) -> dict[str, int]:
     return {"stats": 0, "anon": 0}
 
 
+def cpu_ns(container_id: str) -> int:
+    """CPU time the container's processes have used so far (ns, its cgroup's
+    cpuacct.usage, or cpu.stat on cgroup v2); -1 when unreadable."""
+    full = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", container_id], capture_output=True, text=True
+    ).stdout.strip()
+    v1 = Path("/sys/fs/cgroup/cpuacct/docker") / full / "cpuacct.usage"
+    if v1.exists():
+        return int(v1.read_text())
+    v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{full}.scope/cpu.stat")
+    if v2.exists():
+        stat = dict(line.split() for line in v2.read_text().splitlines())
+        return int(stat["usage_usec"]) * 1000
+    return -1
+
+
+def cpu_by_service(c: Bench) -> dict[str, int]:
+    """Each running container's CPU time so far (cpu_ns)."""
+    return {svc: cpu_ns(cid) for svc, cid in sorted(c.running().items())}
+
+
+def cpu_ms_per_request(before: dict[str, int], after: dict[str, int], requests: int) -> dict[str, float]:
+    """CPU milliseconds each service spent per request between two
+    cpu_by_service() snapshots (services using under 0.05 ms are left out)."""
+    out = {}
+    for svc, t0 in before.items():
+        t1 = after.get(svc, -1)
+        if t0 >= 0 and t1 >= t0 and requests:
+            ms = (t1 - t0) / 1e6 / requests
+            if ms >= 0.05:
+                out[svc] = round(ms, 2)
+    return out
+
+
 def memory_by_service(c: Bench) -> dict[str, dict[str, int]]:
     """Each container's memory, both ways memory_bytes() reads it."""
     return {svc: memory_bytes(cid) for svc, cid in sorted(c.running().items())}
@@ -374,6 +408,10 @@ def merge_rounds(rounds: list[dict]) -> dict:
     percentiles over every call's latency."""
     lat = [x for r in rounds for x in r.pop("latencies_ms")]
     n, err, secs = (sum(r[k] for r in rounds) for k in ("requests", "errors", "seconds"))
+    cpu: dict[str, float] = {}
+    for r in rounds:  # weighted by each round's calls
+        for svc, ms in r.get("cpu_ms_per_req", {}).items():
+            cpu[svc] = cpu.get(svc, 0.0) + ms * r["requests"] / max(1, n)
     return {
         "requests": n,
         "errors": err,
@@ -387,6 +425,7 @@ def merge_rounds(rounds: list[dict]) -> dict:
         "clients": rounds[0]["clients"],
         "metrics_per_call": rounds[0]["metrics_per_call"],
         "rounds_req_per_s": [r["req_per_s"] for r in rounds],
+        "cpu_ms_per_req": {svc: round(ms, 2) for svc, ms in sorted(cpu.items())},
     }
 
 
@@ -433,7 +472,9 @@ def do_logging(c: Bench, size: dict, tgts: tuple[str, ...]) -> dict:
             for tgt in tgts if i % 2 == 0 else tgts[::-1]:
                 say(f"logging: {size['clients']} clients x {metrics} metrics/call, {share}s, {tgt} (round {i + 1})")
                 args = ("--clients", str(size["clients"]), "--seconds", str(share), "--metrics", str(metrics))
+                cpu0 = cpu_by_service(c)
                 res = c.load("logging", tgt, *args)
+                res["cpu_ms_per_req"] = cpu_ms_per_request(cpu0, cpu_by_service(c), res["requests"])
                 got[tgt].append(res)
                 say(f"  {res['req_per_s']} req/s, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, err {res['errors']}")
         for tgt in tgts:
@@ -768,6 +809,11 @@ def table(r: dict) -> str:
                 direct = lg["server" + suffix]
                 for key, unit in (("req_per_s", "req/s"), ("p99_ms", "p99 ms")):
                     rows.append(compare(f"  same, server without nginx: {unit}", b[key], direct[key]))
+            for tgt in ("baseline", "stack"):
+                cpu = lg[tgt + suffix].get("cpu_ms_per_req")
+                if cpu:
+                    per_svc = ", ".join(f"{svc} {ms:g}" for svc, ms in cpu.items())
+                    rows.append((f"  CPU ms per call, {tgt}", "", per_svc, ""))
     se = r.get("search")
     if se:
         for key in ("p50_ms", "p95_ms"):

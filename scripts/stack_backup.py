@@ -306,7 +306,10 @@ def migrate_store(target: str, keep: Path, env_file: Path) -> None:
             raise BackupError(f"could not remove {volume}: {rm.stderr.strip()}")
         os.environ["S3_STORE"] = target
         switched = True
-        compose("up", "--detach", "--wait", "s3", "bucket")
+        # The bucket job in the foreground: `up --wait` on a one-shot service
+        # fails when it has already exited (0) by the time compose looks.
+        compose("up", "--detach", "--wait", "s3")
+        compose("run", "--rm", "--no-deps", "bucket")
         ops(keep, "objects", "import", "/work")  # reads every object back and checks its sha256
         log(f"the {target} store holds all {len(expected)} objects, sha256 checked")
     except BackupError as e:

@@ -431,3 +431,15 @@ def test_anything_but_an_artifact_transfer_is_a_misconfiguration(ask, method: st
 
 def test_every_other_path_goes_to_mlflow(stack_app) -> None:
     assert request(stack_app, "/health", {"Host": "mlflow-server:5000"})[::2] == (200, b"OK")
+
+
+@pytest.mark.parametrize("name", ["_content_disposition_attachment", "_get_workspace_scoped_repo_path_if_enabled"])
+def test_an_mlflow_without_what_locate_needs_fails_at_start(monkeypatch, name: str) -> None:
+    """The upgrade drill runs this image on MLflow 3.10, which lacks some of
+    locate()'s imports: that must show at start (create_app then falls back to
+    MLflow's own proxy), not as a 500 on every transfer."""
+    import mlflow.server.handlers
+
+    monkeypatch.delattr(mlflow.server.handlers, name)
+    with pytest.raises(ImportError, match=name):
+        artifacts.Decider(Config(direct=True, max_upload_bytes=MAX_UPLOAD))

@@ -312,3 +312,17 @@ def test_ttl_zero_turns_the_caches_off() -> None:
     original = module.store.get_user
     assert authcache.start(module, 0, connect=lambda: None) is None
     assert module.store.get_user == original
+
+
+@pytest.mark.parametrize("missing", ["_run_requirement", "RESOURCE_TYPE_RUN", "_auth_cache_key"])
+def test_an_mlflow_without_the_wrapped_lookups_is_left_untouched(missing: str) -> None:
+    """An older MLflow (the upgrade test runs this image on 3.10) lacks some of
+    what install() wraps: it must fail before patching anything."""
+    module, _calls = fake_auth_module({})
+    delattr(module, missing)
+    before = dict(vars(module))
+    store_before = (module.store.get_user, module.store.list_grants)
+    with pytest.raises(AttributeError):
+        authcache.install(module, AuthCache(60))
+    assert vars(module) == before
+    assert (module.store.get_user, module.store.list_grants) == store_before

@@ -98,7 +98,12 @@ def create_app() -> StackApp:
 
     mlflow_app = create_basic_auth_app()
     history.install(flask_app)
-    authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect)
+    # An older MLflow (the upgrade test builds this image on 3.10) lacks the
+    # auth cache setting or the lookups the caches wrap: it runs uncached.
+    try:
+        authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect)
+    except AttributeError as e:
+        _logger.warning("no stack auth caches: this MLflow lacks %s", e)
     try:
         decider = Decider()
     except (ImportError, AttributeError) as e:

@@ -165,6 +165,15 @@ class Decider:
         from fastapi import FastAPI
         from mlflow.server.auth import add_fastapi_permission_middleware
         from mlflow.server.fastapi_app import add_fastapi_workspace_middleware
+
+        # What locate() imports, checked now: an MLflow without it (ImportError)
+        # gets the PassThrough decision instead of a 500 on every transfer.
+        from mlflow.server.handlers import (  # noqa: F401
+            _content_disposition_attachment,
+            _get_artifact_repo_mlflow_artifacts,
+            _get_workspace_scoped_repo_path_if_enabled,
+        )
+        from mlflow.utils.mime_type_utils import _guess_mime_type  # noqa: F401
         from starlette.responses import Response
 
         self.config = config or Config.from_env()

@@ -224,8 +224,18 @@ def install(auth_module, cache: AuthCache) -> None:
     """Put the caches in front of MLflow's auth lookups (`mlflow.server.auth`):
     methods of its `store` instance and two module functions, looked up by name
     at call time. tests/test_mlflow_contract.py pins what this relies on."""
+    # Everything this relies on is looked up before anything is patched, so an
+    # MLflow without it (AttributeError) is left exactly as it was.
     store = auth_module.store
     get_user, list_grants = store.get_user, store.list_grants
+    run_requirement = auth_module._run_requirement
+    Requirement = auth_module.Requirement
+    experiment_type, run_type = auth_module.RESOURCE_TYPE_EXPERIMENT, auth_module.RESOURCE_TYPE_RUN
+    user_auth_cache = auth_module._USER_AUTH_CACHE
+    if user_auth_cache is not None:
+        lock = auth_module._USER_AUTH_CACHE_LOCK
+        authenticate = auth_module._authenticate_cached
+        key_of = auth_module._auth_cache_key
 
     def cached_get_user(username: str):
         return cache.cached(cache.users, username, lambda: get_user(username))
@@ -236,10 +246,6 @@ def install(auth_module, cache: AuthCache) -> None:
 
     store.get_user = cached_get_user
     store.list_grants = cached_list_grants
-
-    run_requirement = auth_module._run_requirement
-    Requirement = auth_module.Requirement
-    experiment_type, run_type = auth_module.RESOURCE_TYPE_EXPERIMENT, auth_module.RESOURCE_TYPE_RUN
 
     def cached_run_requirement(run_id: str, action: str):
         hit, experiment_id = cache.run_experiments.get(run_id) if cache.live else (False, None)
@@ -258,21 +264,18 @@ def install(auth_module, cache: AuthCache) -> None:
 
     auth_module._run_requirement = cached_run_requirement
 
-    if auth_module._USER_AUTH_CACHE is not None:
-        credentials, lock = auth_module._USER_AUTH_CACHE, auth_module._USER_AUTH_CACHE_LOCK
+    if user_auth_cache is not None:
 
         def clear_credentials() -> None:
             with lock:
-                credentials.clear()
+                user_auth_cache.clear()
 
         cache.extra_clears.append(clear_credentials)
-        authenticate = auth_module._authenticate_cached
-        key_of = auth_module._auth_cache_key
 
         def single_flight_authenticate(username: str, password: str):
             key = key_of(username, password)
             with lock:
-                hit = credentials.get(key)
+                hit = user_auth_cache.get(key)
             if hit is not None:
                 return hit
             return cache.single_flight(key, lambda: authenticate(username, password))
