@@ -562,7 +562,6 @@ NGINX_VARIANTS = {
     "default": [],
     "no-gzip": [("nginx.conf", "gzip on;", "gzip off;")],
     "gzip-level-1": [("nginx.conf", "gzip_comp_level 5;", "gzip_comp_level 1;")],
-    "no-upstream-keepalive": [("nginx.conf", "keepalive 32;", "")],
     # What the artifact location did before (unbuffered: 4 KB reads from MLflow).
     "artifact-unbuffered": [
         (
