@@ -283,6 +283,8 @@ def test_logging_under_load_survives_a_replica_killed_with_sigkill(
         assert all(m.value == float(m.step) for m in history)
         total += len(stored)
     assert total >= writers * batch * 10, total  # load, not a trickle
+    after = sum(1 for at in acked_at if at > killed)
+    print(f"\n{total} points in {len(acked_at)} acknowledged batches, {after} of them after the SIGKILL")
 
     # Back to three: Docker's restart policy, or compose if it does not apply to a kill.
     replicas.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx", timeout=600)
