@@ -146,8 +146,17 @@ def cpu_ms_per_request(before: dict[str, int], after: dict[str, int], requests: 
 
 
 def memory_by_service(c: Bench) -> dict[str, dict[str, int]]:
-    """Each container's memory, both ways memory_bytes() reads it."""
-    return {svc: memory_bytes(cid) for svc, cid in sorted(c.running().items())}
+    """Each service's memory, both ways memory_bytes() reads it: the sum of
+    its containers (mlflow-server has one per replica)."""
+    out: dict[str, dict[str, int]] = {}
+    for container in c.containers():
+        if container.get("State") != "running":
+            continue
+        m = memory_bytes(container["ID"])
+        total = out.setdefault(container["Service"], {"stats": 0, "anon": 0})
+        total["stats"] += m["stats"]
+        total["anon"] += m["anon"]
+    return dict(sorted(out.items()))
 
 
 def footprint(c: Bench) -> dict[str, int]:
@@ -603,7 +612,6 @@ NGINX_VARIANTS = {
     "default": [],
     "no-gzip": [("nginx.conf", "gzip on;", "gzip off;")],
     "gzip-level-1": [("nginx.conf", "gzip_comp_level 5;", "gzip_comp_level 1;")],
-    "no-upstream-keepalive": [("nginx.conf", "keepalive 32;", "")],
     # What the artifact location did before (unbuffered: 4 KB reads from MLflow).
     "artifact-unbuffered": [
         (
@@ -631,9 +639,21 @@ def nginx_variant(name: str) -> str:
     return f"./bench/results/{path.name}"
 
 
+def requests_per_replica(c: Bench, since: str, path: str = "/runs/log-batch") -> dict[str, int]:
+    """How many requests for `path` each server replica logged since `since`
+    (uvicorn's access log): proof that nginx spread the load."""
+    counts = {}
+    for name, cid in c.replicas("mlflow-server").items():
+        logs = subprocess.run(["docker", "logs", "--since", since, cid], capture_output=True, text=True)
+        counts[name] = sum(path in line for line in (logs.stdout + logs.stderr).splitlines())
+    return counts
+
+
 def do_matrix(c: Bench, size: dict, only: set[str], matrix: list[str], seeded: dict) -> dict:
     """Each lever value in turn on the same stack (compose recreates only the
-    services whose settings changed), the chosen workloads on the stack only."""
+    services whose settings changed), the chosen workloads on the stack only.
+    With MLFLOW_SERVER_REPLICAS, each value's result also says how many
+    replicas ran and how many log_batch requests each of them answered."""
     out: dict = {}
     for spec in matrix:
         var, values = spec.split("=", 1)
@@ -644,8 +664,15 @@ def do_matrix(c: Bench, size: dict, only: set[str], matrix: list[str], seeded: d
                 c.env["BENCH_NGINX_DIR"] = nginx_variant(value)
             say(f"lever {var}={value!r}: up --wait")
             res: dict = {"up_s": c.timed_up(*STACK_SERVICES)}
+            if var == "MLFLOW_SERVER_REPLICAS":
+                res["replicas"] = len(c.replicas("mlflow-server"))
+                say(f"  {res['replicas']} mlflow-server replica(s) running")
             if "logging" in only:
+                since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 res["logging"] = do_logging(c, size, ("stack",))
+                if var == "MLFLOW_SERVER_REPLICAS":
+                    res["log_batch_per_replica"] = requests_per_replica(c, since)
+                    say(f"  log_batch requests per replica: {res['log_batch_per_replica']}")
             if "search" in only:
                 res["search"] = do_search(c, size, ("stack",), seeded)
             if "artifacts" in only:
@@ -682,6 +709,11 @@ def run(a: argparse.Namespace) -> int:
     env = {"COMPOSE_FILE": f"{files}:bench/compose.bench.yaml", "HTTP_BIND": "127.0.0.1"}
     env["HTTP_PORT"] = str(free_port())
     levers = dict(kv.split("=", 1) for kv in a.set or [])
+    if any(spec.startswith("MLFLOW_SERVER_REPLICAS=") for spec in a.matrix or []):
+        # More than one server needs MLflow's job runner off (the server refuses
+        # otherwise, docs/replicas.md); off for every count, so they compare.
+        if levers.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false").lower() not in ("false", "0"):
+            raise SystemExit("--matrix MLFLOW_SERVER_REPLICAS=...: needs MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false")
     env.update(levers)
     c = Bench(a.project or f"mlflowbench{secrets.token_hex(3)}", int(env["HTTP_PORT"]), env)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -915,6 +947,10 @@ def table(r: dict) -> str:
         lines.append("levers (stack only, same run):")
         for lever, m in r["matrix"].items():
             parts = [f"up {m['up_s']}s"]
+            if "replicas" in m:
+                parts.append(f"{m['replicas']} replica(s)")
+            if "log_batch_per_replica" in m:
+                parts.append("log_batch per replica " + "/".join(map(str, m["log_batch_per_replica"].values())))
             lg = m.get("logging")
             if lg:
                 s10, s1k = lg["stack"], lg["stack_1000"]

@@ -185,6 +185,12 @@ class Stack:
         """service -> container id, running containers only."""
         return {c["Service"]: c["ID"] for c in self.containers() if c.get("State") == "running"}
 
+    def replicas(self, service: str = "mlflow-server") -> dict[str, str]:
+        """container name -> id of the running containers of `service`: one per
+        replica (MLFLOW_SERVER_REPLICAS), in the order of their numbers."""
+        found = [c for c in self.containers() if c["Service"] == service and c.get("State") == "running"]
+        return {c["Name"]: c["ID"] for c in sorted(found, key=lambda c: int(c["Name"].rsplit("-", 1)[-1]))}
+
     def wait_exited(self, service: str, timeout: float = 900) -> int:
         """Poll until the one-shot `service` has exited; return its exit code."""
         deadline = time.monotonic() + timeout

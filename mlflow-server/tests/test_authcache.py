@@ -123,14 +123,18 @@ def test_single_flight_runs_one_check_per_key_at_a_time() -> None:
 
 # --- the listener ---------------------------------------------------------------
 class FakeConnection:
-    """What listen_forever uses of a psycopg2 connection; notify() makes it readable."""
+    """What listen_forever uses of a psycopg2 connection; notify() makes it
+    readable. `answers` are the rows of a query, by a fragment of its SQL
+    (default: the missing-trigger check's `missing`)."""
 
-    def __init__(self, missing: list[str] | None = None) -> None:
+    def __init__(self, missing: list[str] | None = None, answers: dict[str, list] | None = None) -> None:
         self.rsock, self.wsock = socket.socketpair()
         self.rsock.setblocking(False)  # psycopg2's poll() never blocks
         self.missing = missing or []
-        self.notifies: list[str] = []
-        self.pending: list[str] = []
+        self.answers = answers or {}
+        self.last = ""
+        self.notifies: list[SimpleNamespace] = []
+        self.pending: list[SimpleNamespace] = []
         self.executed: list[str] = []
         self.closed = False
         self.autocommit = False
@@ -148,18 +152,23 @@ class FakeConnection:
             def __exit__(self, *exc) -> None:
                 pass
 
-            def execute(self, sql: str) -> None:
+            def execute(self, sql: str, params=None) -> None:
                 if conn.closed:
                     raise OSError("connection closed")
                 conn.executed.append(sql)
+                conn.last = sql
 
             def fetchall(self):
+                for fragment, rows in conn.answers.items():
+                    if fragment in conn.last:
+                        return rows
                 return [(t,) for t in conn.missing]
 
         return Cursor()
 
-    def notify(self, table: str) -> None:
-        self.pending.append(table)
+    def notify(self, payload: str, channel: str = authcache.CHANNEL) -> None:
+        """A psycopg2 Notify: the auth triggers send the table's name."""
+        self.pending.append(SimpleNamespace(pid=1, channel=channel, payload=payload))
         self.wsock.send(b"x")
 
     def poll(self) -> None:
@@ -326,3 +335,49 @@ def test_an_mlflow_without_the_wrapped_lookups_is_left_untouched(missing: str) -
         authcache.install(module, AuthCache(60))
     assert vars(module) == before
     assert (module.store.get_user, module.store.list_grants) == store_before
+
+
+def test_notifications_on_other_channels_go_to_their_callback_not_to_the_caches() -> None:
+    conn = FakeConnection()
+    ac = AuthCache(60, connect=lambda: conn)
+    heard, connected, lost = [], [], []
+    ac.channels["elsewhere"] = heard.append
+    ac.on_connect.append(connected.append)
+    ac.on_disconnect.append(lambda: lost.append(1))
+    stop = threading.Event()
+    thread = threading.Thread(target=ac.listen_forever, args=(stop, 0.05), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: ac.live)
+        assert connected == [conn]
+        ac.cached(ac.users, "alice", lambda: "admin")
+        conn.notify("10.0.0.7", channel="elsewhere")
+        wait_for(lambda: heard == ["10.0.0.7"])
+        assert ac.users.get("alice") == (True, "admin")  # not an auth change: caches kept
+        assert ac.notifications == 0
+        conn.notify("users")
+        conn.notify("10.0.0.8", channel="elsewhere")
+        wait_for(lambda: ac.notifications == 1)
+        assert heard == ["10.0.0.7", "10.0.0.8"]
+        assert ac.users.get("alice") == (False, None)
+    finally:
+        stop.set()
+    thread.join(2)
+    assert lost == [1]
+
+
+def test_start_hooks_riders_on_before_the_listener_runs() -> None:
+    module, _ = fake_auth_module({})
+    order = []
+
+    def connect():
+        order.append("connect")
+        raise OSError("no database here")
+
+    def ride(cache: AuthCache) -> None:
+        order.append("ride")
+        cache.channels["elsewhere"] = lambda payload: None
+
+    cache = authcache.start(module, 60, connect, (ride,))
+    wait_for(lambda: "connect" in order)
+    assert order[:2] == ["ride", "connect"] and "elsewhere" in cache.channels

@@ -209,3 +209,73 @@ def test_a_param_value_at_mlflows_limit_passes() -> None:
     body = {"run_id": "r", "params": [{"key": "k", "value": "x" * 6000}]}
     assert violation("/api/2.0/mlflow/runs/log-batch", body) is None
     assert violation("/api/2.0/mlflow/runs/log-parameter", {"run_id": "r", "key": "k", "value": "v"}) is None
+
+
+# --- the lockout's failed sign-ins across workers and replicas ---------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_only_addresses_seen_failing_within_the_window_are_worth_a_query() -> None:
+    clock = Clock()
+    recent = guard.RecentFailures(300, clock)
+    recent.reset([], live=True)
+    assert not recent.worth_a_query("10.0.0.7")
+    recent.add("10.0.0.7")
+    clock.now += 299
+    assert recent.worth_a_query("10.0.0.7") and not recent.worth_a_query("10.0.0.8")
+    clock.now += 2
+    assert not recent.worth_a_query("10.0.0.7")  # the window has passed
+    assert recent.seen == {}
+
+
+def test_every_address_is_worth_a_query_while_the_listener_is_down() -> None:
+    recent = guard.RecentFailures(300)
+    assert recent.worth_a_query("10.0.0.9")  # never connected yet
+    recent.reset(["10.0.0.7"], live=True)
+    assert recent.worth_a_query("10.0.0.7") and not recent.worth_a_query("10.0.0.9")
+    recent.reset((), live=False)
+    assert recent.worth_a_query("10.0.0.9")
+
+
+def test_failures_of_other_replicas_arrive_over_the_auth_cache_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from test_authcache import FakeConnection, wait_for
+
+    from stack_ops.server.authcache import AuthCache
+
+    recent = guard.RecentFailures(300)
+    monkeypatch.setattr(guard, "RECENT", recent)
+    # PostgreSQL already counts failures of 10.0.0.7 (another replica, before this worker started).
+    first = FakeConnection(answers={"FROM stack_auth_failures": [("10.0.0.7",)]})
+    second = FakeConnection(answers={"FROM stack_auth_failures": []})
+    handed = [first, second]
+    cache = AuthCache(60, connect=lambda: handed.pop(0))
+    guard.listen_for_failures(cache)
+    stop = threading.Event()
+    thread = threading.Thread(target=cache.listen_forever, args=(stop, 0.05), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: recent.live)
+        assert f"LISTEN {guard.FAILED_CHANNEL}" in first.executed
+        assert recent.worth_a_query("10.0.0.7") and not recent.worth_a_query("10.0.0.8")
+        first.notify("10.0.0.8", channel=guard.FAILED_CHANNEL)  # a wrong password on another replica
+        wait_for(lambda: recent.worth_a_query("10.0.0.8"))
+        cache.cached(cache.users, "alice", lambda: "admin")
+        assert cache.users.get("alice") == (True, "admin")  # a failure is no auth change
+
+        first.closed = True  # the listener is lost: every address asks PostgreSQL
+        first.wsock.send(b"x")
+        wait_for(lambda: not handed)
+        wait_for(lambda: recent.live)
+        # Reconnected: what PostgreSQL holds now (the operator unlocked both meanwhile).
+        assert not recent.worth_a_query("10.0.0.7") and not recent.worth_a_query("10.0.0.8")
+    finally:
+        stop.set()
+    thread.join(2)
+    assert not recent.live and recent.worth_a_query("10.0.0.8")

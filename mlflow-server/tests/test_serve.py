@@ -155,3 +155,37 @@ def test_configparser_needs_the_escape() -> None:
     assert parser["mlflow"]["escaped"] == "50%-off"
     with pytest.raises(configparser.InterpolationSyntaxError):
         parser["mlflow"]["raw"]
+
+
+@pytest.mark.parametrize(
+    ("replicas", "job_execution"),
+    [("1", ""), ("1", "true"), ("1", "false"), ("3", "false"), ("3", "0"), ("2", " FALSE ")],
+)
+def test_replicas_start_with_one_server_or_without_the_job_runner(replicas: str, job_execution: str) -> None:
+    assert serve.replica_problem(replicas, job_execution) is None
+
+
+@pytest.mark.parametrize("job_execution", ["", "true", "TRUE", "1"])
+def test_replicas_with_the_job_runner_on_are_refused(job_execution: str) -> None:
+    problem = serve.replica_problem("3", job_execution)
+    assert problem is not None
+    assert problem.startswith("MLFLOW_SERVER_REPLICAS=3 needs MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false")
+
+
+@pytest.mark.parametrize("replicas", ["0", "-1", "two", "1.5"])
+def test_replica_counts_that_are_not_whole_numbers_are_refused(replicas: str) -> None:
+    assert serve.replica_problem(replicas, "false") == (
+        f"MLFLOW_SERVER_REPLICAS={replicas} is not a whole number of at least 1"
+    )
+
+
+def test_serve_refuses_replicas_with_the_job_runner_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_SERVER_REPLICAS", "2")
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    started = []
+    monkeypatch.setattr(serve.os, "execvp", lambda *a: started.append(a))
+    assert serve.main() == 1
+    assert started == []
+    assert "needs MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in capsys.readouterr().err

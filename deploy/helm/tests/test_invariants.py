@@ -357,8 +357,8 @@ def test_network_policies_mirror_compose_networks(rendered: Rendered) -> None:
 def test_nginx_gets_the_stacks_config_with_cluster_names(rendered: Rendered) -> None:
     config = rendered.get("ConfigMap", "nginx")["data"]
     conf = config["nginx.conf"]
-    assert "server mlflow-server:5000;" not in conf
-    assert "server mlflow-mlflow-stack-server.mlflow.svc.cluster.local:5000;" in conf
+    assert "mlflow-server:5000;" not in conf
+    assert "default mlflow-mlflow-stack-server.mlflow.svc.cluster.local:5000;" in conf
     assert "include /etc/nginx/stack/resolver.conf;" in conf
     resolver = config["resolver.conf"]
     assert "resolver kube-dns.kube-system.svc.cluster.local valid=10s ipv6=off;" in resolver

@@ -47,11 +47,11 @@ def test_nginx_files_reach_the_configmap_verbatim(rendered: Rendered) -> None:
         if copy.startswith("nginx/") and copy != "nginx/nginx.conf":
             name = copy.split("/")[1]
             assert data[name] == (FILES / copy).read_text(), name
-    # nginx.conf: one line differs, the upstream.
+    # nginx.conf: one line differs, the MLflow server's name.
     source = (FILES / "nginx/nginx.conf").read_text().splitlines()
     ours = data["nginx.conf"].splitlines()
     differ = [(a, b) for a, b in zip(source, ours, strict=True) if a != b]
-    assert len(differ) == 1 and differ[0][0].strip() == "server mlflow-server:5000;", differ
+    assert len(differ) == 1 and differ[0][0].strip() == "default mlflow-server:5000;", differ
 
 
 def test_bundled_store_scripts_are_verbatim(renders: dict[str, Rendered]) -> None:

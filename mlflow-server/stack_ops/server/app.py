@@ -11,7 +11,9 @@ router that sends one path elsewhere:
   path with 404 from outside; only its internal auth subrequest gets here.
 
 Each worker also puts caches in front of MLflow's auth lookups, emptied on
-every worker when the auth database changes (`authcache.py`), and runs at
+every worker when the auth database changes (`authcache.py`; the same
+listener tells it of failed sign-ins on any replica, for the lockout in
+`guard.py`), and runs at
 most MLFLOW_WORKER_THREADS requests at once in MLflow's Flask app (the
 thread pool Starlette runs it in; more threads than database connections
 only makes a worker open and close connections under load).
@@ -94,14 +96,17 @@ def create_app() -> StackApp:
     from mlflow.server import auth
     from mlflow.server.auth import create_app as create_basic_auth_app
 
-    from stack_ops.server import authcache, history
+    from stack_ops.server import authcache, guard, history
 
     mlflow_app = create_basic_auth_app()
     history.install(flask_app)
     # An older MLflow (the upgrade test builds this image on 3.10) lacks the
     # auth cache setting or the lookups the caches wrap: it runs uncached.
+    # The lockout's failed sign-ins ride on the cache's listener; with the
+    # caches off (TTL 0 or an older MLflow) every signed request asks
+    # PostgreSQL about lockouts.
     try:
-        authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect)
+        authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect, (guard.listen_for_failures,))
     except AttributeError as e:
         _logger.warning("no stack auth caches: this MLflow lacks %s", e)
     try:

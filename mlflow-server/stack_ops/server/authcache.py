@@ -131,6 +131,12 @@ class AuthCache:
         self.live = False  # True while the listener is connected and every table has its trigger
         self.notifications = 0
         self.extra_clears: list[Callable[[], None]] = []  # MLflow's credential cache
+        # Others riding on the same connection (guard.py's failed sign-ins):
+        # called with the connection once it listens, and when it is lost;
+        # notifications on their own channels go to their callback (payload).
+        self.on_connect: list[Callable[[Any], None]] = []
+        self.on_disconnect: list[Callable[[], None]] = []
+        self.channels: dict[str, Callable[[str], None]] = {}
         self._flights: dict[Any, threading.Lock] = {}
         self._flights_lock = threading.Lock()
 
@@ -166,6 +172,8 @@ class AuthCache:
                     conn.close()
                     stop.wait(30)
                     continue
+                for hook in self.on_connect:
+                    hook(conn)
                 self.clear()
                 self.live = True
                 warned = False
@@ -176,9 +184,8 @@ class AuthCache:
                             cur.execute("SELECT 1")
                     conn.poll()
                     if conn.notifies:
-                        self.notifications += len(conn.notifies)
+                        self.dispatch(list(conn.notifies))
                         conn.notifies.clear()
-                        self.clear()
             except Exception as e:  # noqa: BLE001 (any failure: bypass, then retry)
                 if self.live or not warned:
                     _logger.warning("auth caches bypassed until the database is back: %s", e)
@@ -186,12 +193,29 @@ class AuthCache:
             finally:
                 self.live = False
                 self.clear()
+                for hook in self.on_disconnect:
+                    hook()
                 if conn is not None:
                     try:
                         conn.close()
                     except Exception:  # noqa: BLE001
                         pass
             stop.wait(1)
+
+    def dispatch(self, notifies: list) -> None:
+        """Notifications (psycopg2 Notify: channel, payload) read together: the
+        caches are emptied once for any number of auth changes; each one on
+        another channel goes to that channel's callback."""
+        changes = 0
+        for notify in notifies:
+            callback = self.channels.get(notify.channel)
+            if callback is None:
+                changes += 1
+            else:
+                callback(notify.payload)
+        if changes:
+            self.notifications += changes
+            self.clear()
 
     # --- cached lookups -------------------------------------------------------
     def cached(self, cache: Cache, key, load: Callable[[], Any], copy: Callable[[Any], Any] = lambda v: v):
@@ -283,12 +307,20 @@ def install(auth_module, cache: AuthCache) -> None:
         auth_module._authenticate_cached = single_flight_authenticate
 
 
-def start(auth_module, ttl: float, connect: Callable[[], Any]) -> AuthCache | None:
-    """Install the caches and start this worker's listener (a daemon thread).
+def start(
+    auth_module,
+    ttl: float,
+    connect: Callable[[], Any],
+    riders: tuple[Callable[[AuthCache], None], ...] = (),
+) -> AuthCache | None:
+    """Install the caches and start this worker's listener (a daemon thread),
+    after each of `riders` has hooked itself onto it (AuthCache.on_connect...).
     None when turned off (MLFLOW_AUTH_CACHE_TTL_SECONDS=0)."""
     if ttl <= 0:
         return None
     cache = AuthCache(ttl, connect)
     install(auth_module, cache)
+    for ride in riders:
+        ride(cache)
     threading.Thread(target=cache.listen_forever, name="stack-auth-listener", daemon=True).start()
     return cache

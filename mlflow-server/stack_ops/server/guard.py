@@ -11,9 +11,9 @@ routes alike. This one wraps MLflow's own `authenticate_request_basic_auth`:
    paying off (even the right password is refused until the window passes).
    The address is nginx's `X-Real-IP` (nginx overwrites whatever the client
    sent). Failures live in PostgreSQL (`stack_auth_failures` in the auth
-   database), so every uvicorn worker sees the same count. nginx alone can't
-   do this: it only learns that a password was wrong after the server has
-   answered, and by then the guess has been checked.
+   database), so every uvicorn worker of every replica sees the same count.
+   nginx alone can't do this: it only learns that a password was wrong after
+   the server has answered, and by then the guess has been checked.
 2. **Requests MLflow would mishandle are refused with 400.** A malformed
    JSON body (MLflow answers some with a 500 HTML page), and metric values,
    timestamps or steps of the wrong type (MLflow stores a metric value of
@@ -29,7 +29,6 @@ routes alike. This one wraps MLflow's own `authenticate_request_basic_auth`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -37,7 +36,6 @@ import random
 import re
 import threading
 import time
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from flask import Response, g, request
@@ -45,8 +43,9 @@ from flask import Response, g, request
 MAX_FAILURES = int(os.environ.get("MLFLOW_AUTH_MAX_FAILURES", "10"))
 WINDOW_SECONDS = int(os.environ.get("MLFLOW_AUTH_LOCKOUT_SECONDS", "300"))
 BUCKET = os.environ.get("S3_BUCKET", "mlflow")
-# Shared by the server's workers (the container's /tmp, a disk volume).
-HINTS = Path("/tmp/stack-auth-failures")
+# Every failed sign-in is announced on this channel (payload: the address) to
+# every worker of every replica, over the auth cache's listener connection.
+FAILED_CHANNEL = "stack_auth_failed"
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS stack_auth_failures (
@@ -84,30 +83,79 @@ def client_address() -> str:
     return request.headers.get("X-Real-IP") or request.remote_addr or "unknown"
 
 
-def _hint(address: str) -> Path:
-    return HINTS / hashlib.sha256(address.encode()).hexdigest()[:32]
+class RecentFailures:
+    """The addresses with a failed sign-in within the window, as one worker
+    knows them: its own failures, every other worker's and replica's (each
+    announced by NOTIFY on FAILED_CHANNEL), and those in PostgreSQL when the
+    listener (re)connected. Only these addresses are worth a lockout query.
+
+    Trusted only while the listener is connected (`live`): a notification
+    missed while it was down could hide a lockout, so until it is back every
+    request with credentials asks PostgreSQL."""
+
+    def __init__(self, window: float, clock=time.time) -> None:
+        self.window, self.clock = window, clock
+        self.lock = threading.Lock()
+        self.seen: dict[str, float] = {}
+        self.live = False
+
+    def add(self, address: str) -> None:
+        with self.lock:
+            self.seen[address] = self.clock()
+
+    def reset(self, addresses, live: bool) -> None:
+        """The listener (re)connected (live) with these addresses from
+        PostgreSQL, or went down (not live)."""
+        now = self.clock()
+        with self.lock:
+            self.seen = dict.fromkeys(addresses, now)
+            self.live = live
+
+    def worth_a_query(self, address: str) -> bool:
+        if not self.live:
+            return True
+        with self.lock:
+            at = self.seen.get(address)
+            if at is None:
+                return False
+            if self.clock() - at > self.window:
+                del self.seen[address]
+                return False
+            return True
 
 
-def mark_failed(address: str) -> None:
-    """Leave a hint, seen by every worker of this container, that `address`
-    has failed recently: the only addresses whose count is worth a query."""
-    HINTS.mkdir(mode=0o700, exist_ok=True)
-    _hint(address).touch()
+RECENT = RecentFailures(WINDOW_SECONDS)
+
+RECENT_ADDRESSES_SQL = (
+    "SELECT DISTINCT address FROM stack_auth_failures WHERE at > now() - make_interval(secs => %(w)s)"
+)
+
+
+def listen_for_failures(cache) -> None:
+    """Feed RECENT from the auth cache's listener (authcache.AuthCache): LISTEN
+    on FAILED_CHANNEL on the same connection, load the addresses in the window
+    at each connect, and forget them all while it is down."""
+
+    def on_connect(conn) -> None:
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {FAILED_CHANNEL}")  # before the query: nothing falls between
+            cur.execute(RECENT_ADDRESSES_SQL, {"w": WINDOW_SECONDS})
+            RECENT.reset([row[0] for row in cur.fetchall()], live=True)
+
+    cache.on_connect.append(on_connect)
+    cache.on_disconnect.append(lambda: RECENT.reset((), live=False))
+    cache.channels[FAILED_CHANNEL] = RECENT.add
 
 
 def seconds_locked(address: str) -> int:
     """0 if the address may try a password, else seconds until it may.
 
-    PostgreSQL holds the count. Every failure passes through this container
-    and leaves a hint file first, so an address without a fresh hint has no
-    failure in the window and needs no query: the common case, a teammate
-    with the right password, costs one stat() instead of a round trip."""
+    PostgreSQL holds the count. An address no worker has seen fail within
+    the window needs no query: the common case, a teammate with the right
+    password, costs a dictionary lookup instead of a round trip."""
     import sqlalchemy
 
-    try:
-        if time.time() - _hint(address).stat().st_mtime > WINDOW_SECONDS:
-            return 0
-    except FileNotFoundError:
+    if not RECENT.worth_a_query(address):
         return 0
     with _db().connect() as conn:
         row = conn.execute(
@@ -122,21 +170,25 @@ def seconds_locked(address: str) -> int:
 
 
 def record_failure(address: str, username: str) -> None:
+    """Count the failure in PostgreSQL and announce it to every worker of
+    every replica in the same transaction (NOTIFY is delivered at commit)."""
     import sqlalchemy
 
-    mark_failed(address)
+    RECENT.add(address)
     with _db().begin() as conn:
         conn.execute(
             sqlalchemy.text("INSERT INTO stack_auth_failures (address, username) VALUES (:a, :u)"),
             {"a": address, "u": username[:200]},
         )
+        conn.execute(sqlalchemy.text("SELECT pg_notify(:c, :a)"), {"c": FAILED_CHANNEL, "a": address})
         if random.random() < 0.02:  # keep the table small
             conn.execute(sqlalchemy.text("DELETE FROM stack_auth_failures WHERE at < now() - interval '1 day'"))
 
 
-def restore_hints() -> int:
-    """At server start: a hint for every address with failures in the window,
-    so a restart (or a fresh /tmp) never forgets a lockout. Returns how many."""
+def addresses_with_recent_failures() -> int:
+    """At server start: how many addresses failed within the window (each
+    worker loads them itself when its listener connects). Also proves the
+    table is there."""
     import sqlalchemy
 
     from stack_ops.common import StackError
@@ -145,15 +197,14 @@ def restore_hints() -> int:
         with _db().connect() as conn:
             rows = conn.execute(
                 sqlalchemy.text(
-                    "SELECT DISTINCT address FROM stack_auth_failures WHERE at > now() - make_interval(secs => :w)"
+                    "SELECT count(DISTINCT address) FROM stack_auth_failures"
+                    " WHERE at > now() - make_interval(secs => :w)"
                 ),
                 {"w": WINDOW_SECONDS},
-            ).all()
+            ).scalar_one()
     except sqlalchemy.exc.SQLAlchemyError as e:
         raise StackError(f"cannot read failed sign-ins (stack_auth_failures; run the migrate job): {e}") from e
-    for (address,) in rows:
-        mark_failed(address)
-    return len(rows)
+    return int(rows)
 
 
 def artifact_location_problem(location: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stack_ops.common import Settings, StackError, die, env, log, read_secret
 from stack_ops.server.artifacts import Config as ArtifactConfig
-from stack_ops.server.guard import restore_hints
+from stack_ops.server.guard import addresses_with_recent_failures
 
 JOB = "serve"
 AUTH_INI = Path("/tmp/mlflow-auth/basic_auth.ini")
@@ -49,6 +49,30 @@ def source_regex(bucket: str) -> str:
     # "dummy-source" and "prompt-template" are the placeholders MLflow's prompt
     # registry sends as a prompt version's source.
     return rf"^(?!.*\.\.)(runs:/|models:/|mlflow-artifacts:/|s3://{re.escape(bucket)}/|dummy-source$|prompt-template$)"
+
+
+def replica_problem(replicas: str, job_execution: str) -> str | None:
+    """Why this server must not start as one of MLFLOW_SERVER_REPLICAS, or None.
+
+    MLflow's job runner cannot run on two servers at once: its executor engine
+    starts the periodic-task consumer on every server (it ignores
+    MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS), and each runner, when it starts,
+    puts every job still RUNNING from before its own start back to PENDING, so
+    a replica that restarts would run its neighbours' jobs a second time. A
+    server with the runner off refuses job submissions, so "the runner on one
+    replica only" is not possible with identical replicas either: the stack
+    refuses to start instead (docs/replicas.md#the-job-runner)."""
+    if not replicas.isdigit() or int(replicas) < 1:
+        return f"MLFLOW_SERVER_REPLICAS={replicas} is not a whole number of at least 1"
+    # MLflow's reading of the flag: unset or empty is its default, on.
+    enabled = (job_execution.strip() or "true").lower() in ("true", "1")
+    if int(replicas) > 1 and enabled:
+        return (
+            f"MLFLOW_SERVER_REPLICAS={replicas} needs MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow's job "
+            "runner (server-side evaluation, scorers, prompt optimization) must run on one server only. "
+            "Set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false in .env, or keep one replica (docs/replicas.md)"
+        )
+    return None
 
 
 def uvicorn_has_option(name: str) -> bool:
@@ -95,6 +119,12 @@ def main() -> int:
         if not value.isdigit():
             return die(JOB, f"{name}={value} is not a whole number")
 
+    problem = replica_problem(
+        env("MLFLOW_SERVER_REPLICAS", "1"), os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "")
+    )
+    if problem:
+        return die(JOB, problem)
+
     os.environ["MLFLOW_WORKER_THREADS"] = threads  # read by each worker (app.py)
     for name in TUNABLES:  # unset when empty: MLflow reads "" as an invalid number
         if not os.environ.get(name, "").strip():
@@ -107,7 +137,7 @@ def main() -> int:
 
     try:
         write_auth_config(settings, permission, cache_ttl)
-        locked = restore_hints()
+        locked = addresses_with_recent_failures()
         os.environ.update(settings.s3_env())
         os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
         # AI-gateway provider keys and webhook secrets: encrypted under the
