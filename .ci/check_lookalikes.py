@@ -4,7 +4,8 @@ For each default image (read from the compose files) and its look-alike (from
 .ci/lookalikes.env), print the version each reports and fail when:
 - PostgreSQL's or nginx's major version differs;
 - Python's major.minor differs;
-- SeaweedFS's version differs at all (the look-alike carries the same `weed`).
+- SeaweedFS's version differs at all (the look-alike carries the same `weed`);
+- Prometheus's major.minor differs (compose.monitoring.yaml's 2.53 LTS).
 
 The default's version is read from its tag (no registry is reachable); the
 look-alike's from the binary inside it. Known differences that remain are
@@ -27,6 +28,7 @@ IMAGES = {
     "POSTGRES_IMAGE": ("compose.yaml", ["postgres", "--version"], 1),
     "NGINX_IMAGE": ("compose.yaml", ["nginx", "-v"], 1),
     "SEAWEEDFS_IMAGE": ("seaweedfs/store.yaml", ["weed", "version"], 2),
+    "PROMETHEUS_IMAGE": ("compose.monitoring.yaml", ["prometheus", "--version"], 2),
 }
 VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
