@@ -24,7 +24,9 @@ Metric history pages are written straight from the database rows, byte for
 byte what MLflow's view writes, behind MLflow's own authorization
 (`history.py`; STACK_FAST_METRIC_HISTORY=false turns it off).
 
-Everything else goes to MLflow as it is. (Store errors in MLflow's terms, 404
+Errors of the routes MLflow serves with FastAPI (`/v1/traces`, jobs, gateway)
+come back in MLflow's JSON error shape (`errors.py`). Everything else goes to
+MLflow as it is. (Store errors in MLflow's terms, 404
 for a missing object, come from the `s3` artifact repository plugin,
 `store.py`.)
 """
@@ -103,8 +105,10 @@ def create_app() -> StackApp:
     from mlflow.server.auth import create_app as create_basic_auth_app
 
     from stack_ops.server import authcache, history
+    from stack_ops.server.errors import JsonErrors
 
-    mlflow_app = create_basic_auth_app()
+    # Errors of MLflow's FastAPI routes (/v1/traces, jobs, gateway) in MLflow's JSON shape.
+    mlflow_app = JsonErrors(create_basic_auth_app())
     history.install(flask_app)
     authcache.start(auth, auth.auth_config.auth_cache_ttl_seconds, auth_db_connect)
     try:
