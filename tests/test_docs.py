@@ -113,7 +113,7 @@ ELSEWHERE = {
     ),
     "docker compose -f compose.yaml -f compose.monitoring.yaml up -d --wait": (
         "tests/test_metrics.py",
-        'other = stack.sibling("mlflowmon", COMPOSE_FILE=f"{files}:{MONITORING_FILE}")',
+        'COMPOSE_FILE=f"{files}:{MONITORING_FILE}"',
     ),
     "docker compose -f compose.yaml -f compose.monitoring.yaml exec prometheus wget -qO-"
     " http://127.0.0.1:9090/api/v1/query?query=up": (

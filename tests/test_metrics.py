@@ -95,9 +95,13 @@ def test_the_token_reads_every_request_by_route_template(stack: Stack, admin: tu
 
 @pytest.fixture(scope="module")
 def monitored(stack: Stack):
-    """A sibling stack with compose.monitoring.yaml (the server, nginx and Prometheus; no trainer sweep)."""
+    """The suite's stack if it runs compose.monitoring.yaml already; else one sibling stack with
+    it (the server, nginx and Prometheus; no trainer sweep)."""
+    if "prometheus" in stack.services():
+        yield stack
+        return
     files = os.environ.get("COMPOSE_FILE") or stack.env.get("COMPOSE_FILE") or "compose.yaml"
-    other = stack.sibling("mlflowmon", COMPOSE_FILE=f"{files}:{MONITORING_FILE}")
+    other = stack.sibling(f"{stack.project}mon", COMPOSE_FILE=f"{files}:{MONITORING_FILE}")
     try:
         other.up("nginx", "prometheus", timeout=600)
         yield other
@@ -135,7 +139,11 @@ def test_prometheus_scrapes_the_server_and_sees_a_new_request(monitored: Stack) 
         result = prometheus_query(monitored, query)
         return float(result[0]["value"][1]) if result else 0.0
 
-    before = value()
+    # The count right now, from the server itself (Prometheus's last scrape may be older).
+    headers = {"Authorization": f"Bearer {monitored.secret('metrics_scrape_token')}"}
+    now = requests.get(f"{monitored.url}/metrics", headers=headers, timeout=30)
+    assert now.status_code == 200
+    before = sample(now.text, "stack_http_requests_total", route=JOB_ROUTE)
     admin = ("admin", monitored.secret("mlflow_admin_password"))
     job_requests(monitored, admin, 5)
     seen = wait_for("Prometheus sees the 5 new requests", lambda: (v := value()) >= before + 5 and v)
