@@ -93,3 +93,10 @@ def test_a_large_error_body_streams_through_as_it_is() -> None:
     big = b"x" * (errors.MAX_ERROR_BODY + 10)
     status, headers, body = call(answer(500, big, "text/plain", chunks=4))
     assert status == 500 and body == big and headers[b"content-type"] == b"text/plain"
+
+
+def test_the_wrapped_app_s_attributes_show_through() -> None:
+    class App:
+        routes = ["a route"]
+
+    assert errors.JsonErrors(App()).routes == ["a route"]

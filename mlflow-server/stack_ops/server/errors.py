@@ -78,6 +78,9 @@ class JsonErrors:
         self.app = app
         self.prefixes = prefixes
 
+    def __getattr__(self, name: str):
+        return getattr(self.app, name)  # the wrapped FastAPI app's `routes`, `router`, ...
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefixes):
             await self.app(scope, receive, send)
