@@ -72,7 +72,7 @@ def reported(image: str, command: list[str]) -> str:
 def main() -> int:
     env = lookalikes()
     failed = False
-    print(f"{'image':<16}{'default':<46}{'version':>10}  {'look-alike':<34}{'version':>10}  match")
+    print(f"{'image':<18}{'default':<46}{'version':>10}  {'look-alike':<34}{'version':>10}  match")
     for variable, (file, command, parts) in IMAGES.items():
         default = default_image(variable, file)
         want = version(default.split(":", 1)[1])
@@ -83,7 +83,7 @@ def main() -> int:
         failed |= not ok
         label = {1: "major", 2: "major.minor"}[parts]
         print(
-            f"{variable:<16}{default:<46}{'.'.join(map(str, want)):>10}  {lookalike:<34}"
+            f"{variable:<18}{default:<46}{'.'.join(map(str, want)):>10}  {lookalike:<34}"
             f"{'.'.join(map(str, got)):>10}  {label} {'ok' if ok else 'DIFFERS'}"
         )
     if failed:
