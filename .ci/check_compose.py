@@ -23,6 +23,7 @@ VARIANTS = {
     "TLS": (["compose.yaml", "compose.tls.yaml"], ""),
     "MinIO + TLS": (["compose.yaml", "compose.tls.yaml"], "minio"),
     "an old .env naming compose.seaweedfs.yaml": (["compose.yaml", "compose.seaweedfs.yaml"], ""),
+    "monitoring (Prometheus)": (["compose.yaml", "compose.monitoring.yaml"], ""),
 }
 MINIO_WARNING = "MINIO_UNFIXED_CVE_2025_62506_ACCEPTED"  # named in compose's "variable is not set" warning
 SECRETS_READ = ("/run/secrets/s3_access_key", "/run/secrets/s3_secret_key")
@@ -113,6 +114,8 @@ def check(name: str, cfg: dict) -> list[str]:
         problems.append("backend network is not internal")
     if "tls" in services:
         problems += check_tls(services)
+    if "prometheus" in services:
+        problems += check_prometheus(services, cfg.get("networks") or {})
     problems += check_nginx_mounts(services["nginx"])
     return problems
 
@@ -154,6 +157,24 @@ def check_tls(services: dict) -> list[str]:
     trainer = services.get("trainer", {})
     if not str((trainer.get("environment") or {}).get("MLFLOW_TRACKING_URI", "")).startswith("https://"):
         problems.append("trainer does not use https")
+    return problems
+
+
+def check_prometheus(services: dict, networks: dict) -> list[str]:
+    """The monitoring overlay: Prometheus non-root and read-only, with the
+    scrape token's copy and never the secrets volume, on an internal network."""
+    problems = []
+    prom = services["prometheus"]
+    if prom.get("user") in (None, "", "0", "root") or str(prom.get("user")).startswith("0:"):
+        problems.append("prometheus: runs as root")
+    if not prom.get("read_only"):
+        problems.append("prometheus: root filesystem is writable")
+    sources = {v.get("source") for v in prom.get("volumes") or [] if v.get("type") == "volume"}
+    if "secrets" in sources or "metrics-token" not in sources:
+        problems.append(f"prometheus: volumes {sorted(sources)} (want metrics-token, never secrets)")
+    for net in prom.get("networks") or {}:
+        if not networks.get(net, {}).get("internal"):
+            problems.append(f"prometheus: network {net} is not internal")
     return problems
 
 

@@ -4,7 +4,8 @@ For each default image (read from the compose files) and its look-alike (from
 .ci/lookalikes.env), print the version each reports and fail when:
 - PostgreSQL's or nginx's major version differs;
 - Python's major.minor differs;
-- SeaweedFS's version differs at all (the look-alike carries the same `weed`).
+- SeaweedFS's version differs at all (the look-alike carries the same `weed`);
+- Prometheus's major.minor differs (compose.monitoring.yaml's 2.53 LTS).
 
 The default's version is read from its tag (no registry is reachable); the
 look-alike's from the binary inside it. Known differences that remain are
@@ -27,6 +28,7 @@ IMAGES = {
     "POSTGRES_IMAGE": ("compose.yaml", ["postgres", "--version"], 1),
     "NGINX_IMAGE": ("compose.yaml", ["nginx", "-v"], 1),
     "SEAWEEDFS_IMAGE": ("seaweedfs/store.yaml", ["weed", "version"], 2),
+    "PROMETHEUS_IMAGE": ("compose.monitoring.yaml", ["prometheus", "--version"], 2),
 }
 VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -70,7 +72,7 @@ def reported(image: str, command: list[str]) -> str:
 def main() -> int:
     env = lookalikes()
     failed = False
-    print(f"{'image':<16}{'default':<46}{'version':>10}  {'look-alike':<34}{'version':>10}  match")
+    print(f"{'image':<18}{'default':<46}{'version':>10}  {'look-alike':<34}{'version':>10}  match")
     for variable, (file, command, parts) in IMAGES.items():
         default = default_image(variable, file)
         want = version(default.split(":", 1)[1])
@@ -81,7 +83,7 @@ def main() -> int:
         failed |= not ok
         label = {1: "major", 2: "major.minor"}[parts]
         print(
-            f"{variable:<16}{default:<46}{'.'.join(map(str, want)):>10}  {lookalike:<34}"
+            f"{variable:<18}{default:<46}{'.'.join(map(str, want)):>10}  {lookalike:<34}"
             f"{'.'.join(map(str, got)):>10}  {label} {'ok' if ok else 'DIFFERS'}"
         )
     if failed:

@@ -47,6 +47,7 @@ def main() -> int:
     for path, methods in fastapi_routes(asgi.routes):
         print(json.dumps({"app": "fastapi", "path": path, "methods": methods}))
     print(json.dumps({"app": "stack", "path": "/_stack/artifact-access", "methods": ["GET"]}))
+    print(json.dumps({"app": "stack", "path": "/metrics", "methods": ["GET"]}))
     return 0
 
 

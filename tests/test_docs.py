@@ -111,6 +111,15 @@ ELSEWHERE = {
         "tests/test_tls.py",
         'monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tls.ca))',
     ),
+    "docker compose -f compose.yaml -f compose.monitoring.yaml up -d --wait": (
+        "tests/test_metrics.py",
+        'COMPOSE_FILE=f"{files}:{MONITORING_FILE}"',
+    ),
+    "docker compose -f compose.yaml -f compose.monitoring.yaml exec prometheus wget -qO-"
+    " http://127.0.0.1:9090/api/v1/query?query=up": (
+        "tests/test_metrics.py",
+        'stack.compose("exec", "-T", "prometheus", "wget", "-qO-", url)',
+    ),
     # The README's exports: test_readme_snippet_logs_a_run sets exactly these.
     "export MLFLOW_TRACKING_URI=http://mlflow.example.internal:8080": ("tests/test_docs.py", "def test_readme_snippet"),
     "export MLFLOW_TRACKING_USERNAME=alice": ("tests/test_docs.py", "def test_readme_snippet"),

@@ -21,6 +21,7 @@ NAMES = (
     "trainer_password",
     "kek_passphrase",
     "webhook_encryption_key",
+    "metrics_scrape_token",
 )
 DUMP = (
     "import json, pathlib; d = pathlib.Path('/secrets'); "

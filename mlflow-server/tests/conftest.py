@@ -62,6 +62,8 @@ os.environ.update(
         "STACK_SECRETS_DIR": str(MISSING / "secrets"),
         "STACK_SECRETS_TARGET": str(MISSING / "secrets-target"),
         "STACK_SECRETS_WRITE_DIR": str(MISSING / "secrets-write"),
+        "STACK_SCRAPE_TOKEN_TARGET": str(MISSING / "metrics-token"),
+        "STACK_METRICS_DIR": str(MISSING / "prometheus"),
         "TRAINER_CREDENTIALS_DIR": str(MISSING / "trainer-credentials"),
         "TLS_OPERATOR_DIR": str(MISSING / "certs"),
         "TLS_CA_DIR": str(MISSING / "tls-ca"),

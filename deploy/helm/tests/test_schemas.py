@@ -58,4 +58,11 @@ def test_custom_resources_have_their_required_fields(renders: dict[str, Rendered
             assert backend["name"].endswith("-nginx") and isinstance(backend["port"], int)
     monitor = renders["external"].of_kind("ServiceMonitor")[0]
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "server"
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "30s")
+    # /metrics answers only the scrape token: the monitor sends it from the stack's Secret.
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert endpoint["authorization"]["credentials"]["key"] == "metrics_scrape_token"
+    server = next(o for o in renders["external"].of_kind("Deployment") if o["metadata"]["name"].endswith("-server"))
+    mounted = {v["secret"]["secretName"] for v in server["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert endpoint["authorization"]["credentials"]["name"] in mounted

@@ -21,6 +21,10 @@ from stack_ops.common import die, log
 
 JOB = "secrets"
 TARGET = Path(os.environ.get("STACK_SECRETS_TARGET", "/secrets"))
+# compose.monitoring.yaml mounts Prometheus's own volume here: it gets a copy of
+# the scrape token and nothing else of the secrets volume.
+SCRAPE_TOKEN_TARGET = Path(os.environ.get("STACK_SCRAPE_TOKEN_TARGET", "/metrics-token"))
+SCRAPE_TOKEN = "metrics_scrape_token"
 MIN_LENGTH = 12
 # Values that ship as defaults somewhere (images, tutorials, MLflow itself) or
 # are the first guess for a service, compared lower-cased. Kept as sha256 so the
@@ -64,6 +68,8 @@ SPECS = (
     # (stack_ops/gateway_keys.py, docs/security.md).
     Spec("kek_passphrase", "MLFLOW_CRYPTO_KEK_PASSPHRASE", _URLSAFE, 48),
     Spec("webhook_encryption_key", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", _URLSAFE + "-_=", 44, fernet=True),
+    # Reads the server's Prometheus metrics (stack_ops/server/metrics.py).
+    Spec(SCRAPE_TOKEN, "METRICS_SCRAPE_TOKEN", _URLSAFE, 48),
 )
 
 
@@ -132,6 +138,12 @@ def main() -> int:
         write(path, generate(spec))
         log(JOB, f"{spec.name}: generated")
     log(JOB, f"secrets ready in the secrets volume ({len(SPECS)} files)")
+    if SCRAPE_TOKEN_TARGET.is_dir():
+        token = (TARGET / SCRAPE_TOKEN).read_text().strip()
+        copy = SCRAPE_TOKEN_TARGET / SCRAPE_TOKEN
+        if not copy.exists() or copy.read_text().strip() != token:
+            write(copy, token)
+            log(JOB, f"{SCRAPE_TOKEN}: copied for Prometheus ({SCRAPE_TOKEN_TARGET})")
     return 0
 
 

@@ -9,6 +9,10 @@ router that sends one path elsewhere:
 - `/_stack/artifact-access`: the decision nginx asks for before it streams an
   artifact to or from the S3 store itself (`artifacts.py`). nginx answers that
   path with 404 from outside; only its internal auth subrequest gets here.
+- `/metrics`: Prometheus metrics for the holder of the scrape token
+  (`metrics.py`), when serve.py turned MLflow's exporter on
+  (PROMETHEUS_MULTIPROC_DIR); every request is then counted and timed by
+  route template.
 
 Each worker also puts caches in front of MLflow's auth lookups, emptied on
 every worker when the auth database changes (`authcache.py`; the same
@@ -22,7 +26,9 @@ Metric history pages are written straight from the database rows, byte for
 byte what MLflow's view writes, behind MLflow's own authorization
 (`history.py`; STACK_FAST_METRIC_HISTORY=false turns it off).
 
-Everything else goes to MLflow as it is. (Store errors in MLflow's terms, 404
+Errors of the routes MLflow serves with FastAPI (`/v1/traces`, jobs, gateway)
+come back in MLflow's JSON error shape (`errors.py`). Everything else goes to
+MLflow as it is. (Store errors in MLflow's terms, 404
 for a missing object, come from the `s3` artifact repository plugin,
 `store.py`.)
 """
@@ -39,10 +45,11 @@ _logger = logging.getLogger("stack_ops.server")
 class StackApp:
     """ASGI: `/_stack/artifact-access` goes to the decider, everything else to MLflow."""
 
-    def __init__(self, mlflow_app, decider: Decider, threads: int = 0) -> None:
+    def __init__(self, mlflow_app, decider: Decider, threads: int = 0, metrics=None) -> None:
         self.mlflow_app = mlflow_app
         self.decider = decider
         self.threads = threads  # 0: Starlette's default (40)
+        self.metrics = metrics  # the /metrics endpoint (metrics.MetricsEndpoint), or None
 
     async def __call__(self, scope, receive, send) -> None:
         if self.threads:  # the limiter belongs to the event loop: set it from inside
@@ -52,6 +59,9 @@ class StackApp:
             self.threads = 0
         if scope["type"] == "http" and scope.get("path") == ENDPOINT:
             await self.decider.decide(scope, receive, send)
+            return
+        if self.metrics is not None and scope["type"] == "http" and scope.get("path") == "/metrics":
+            await self.metrics(scope, receive, send)
             return
         await self.mlflow_app(scope, receive, send)
 
@@ -97,8 +107,10 @@ def create_app() -> StackApp:
     from mlflow.server.auth import create_app as create_basic_auth_app
 
     from stack_ops.server import authcache, guard, history
+    from stack_ops.server.errors import JsonErrors
 
-    mlflow_app = create_basic_auth_app()
+    # Errors of MLflow's FastAPI routes (/v1/traces, jobs, gateway) in MLflow's JSON shape.
+    mlflow_app = JsonErrors(create_basic_auth_app())
     history.install(flask_app)
     # An older MLflow (the upgrade test builds this image on 3.10) lacks the
     # auth cache setting or the lookups the caches wrap: it runs uncached.
@@ -114,4 +126,17 @@ def create_app() -> StackApp:
     except (ImportError, AttributeError) as e:
         _logger.warning("artifact transfers go through MLflow's proxy: this MLflow lacks %s", e)
         decider = PassThrough()
-    return StackApp(mlflow_app, decider, int(os.environ.get("MLFLOW_WORKER_THREADS") or 0))
+    threads = int(os.environ.get("MLFLOW_WORKER_THREADS") or 0)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return StackApp(mlflow_app, decider, threads)
+    from stack_ops.common import StackError, read_secret
+    from stack_ops.server import metrics
+
+    try:
+        token = read_secret("metrics_scrape_token")
+    except StackError as e:  # /metrics then refuses everyone (403)
+        _logger.warning("metrics: no scrape token (%s): /metrics refuses every request", e)
+        token = ""
+    templates = metrics.RouteTemplates(flask_app.url_map, exact=(ENDPOINT, metrics.ENDPOINT))
+    stack = StackApp(mlflow_app, decider, threads, metrics.MetricsEndpoint(token))
+    return metrics.RequestMetrics(stack, templates)

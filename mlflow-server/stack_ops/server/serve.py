@@ -18,6 +18,11 @@ from stack_ops.server.guard import addresses_with_recent_failures
 
 JOB = "serve"
 AUTH_INI = Path("/tmp/mlflow-auth/basic_auth.ini")
+# prometheus_client's multiprocess files, one per worker and metric type (a
+# tmpfs in compose.yaml, under /tmp so that any writable /tmp will do); wiped
+# at every start, or a restarted server would add its dead workers' counts to
+# the new ones forever.
+METRICS_DIR = Path(os.environ.get("STACK_METRICS_DIR", "/tmp/prometheus"))
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
 # MLflow's own settings compose passes through; empty means MLflow's default.
 TUNABLES = (
@@ -103,6 +108,17 @@ def write_auth_config(settings: Settings, permission: str, cache_ttl: str) -> No
     AUTH_INI.chmod(0o600)
 
 
+def reset_metrics_dir(path: Path) -> int:
+    """Empty (or create) the metrics directory; returns how many files it removed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    removed = 0
+    for entry in path.iterdir():
+        if entry.is_file() or entry.is_symlink():
+            entry.unlink()
+            removed += 1
+    return removed
+
+
 def main() -> int:
     settings = Settings.from_env()
     permission = env("MLFLOW_DEFAULT_PERMISSION", "READ").upper()
@@ -149,6 +165,14 @@ def main() -> int:
         return die(JOB, str(e))
     if locked:
         log(JOB, f"{locked} client address(es) with recent failed sign-ins: lockout counts kept")
+    try:
+        stale = reset_metrics_dir(METRICS_DIR)
+    except OSError as e:
+        return die(JOB, f"metrics directory {METRICS_DIR}: {e} (compose.yaml mounts a tmpfs there)")
+    if stale:
+        log(JOB, f"metrics: {stale} file(s) of a previous run removed from {METRICS_DIR}")
+    # Read by prometheus_client in every worker (MLflow's exporter and metrics.py).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_INI)
     # Model versions may only point into this stack's artifact store (or at
     # runs/models MLflow resolves there); never file:, other buckets or `..`.
@@ -167,6 +191,9 @@ def main() -> int:
         # (stack_ops/server/app.py, registered as an `mlflow.app` entry point).
         "--app-name", "stack",
         "--allowed-hosts", hosts,
+        # MLflow's Flask request metrics; the stack's own per-route metrics and
+        # the token-guarded /metrics are in stack_ops/server/metrics.py.
+        "--expose-prometheus", str(METRICS_DIR),
     ]  # fmt: skip
     if uvicorn_has_option("timeout_worker_healthcheck"):
         # uvicorn restarts a worker that misses a 5 s ping; a worker still

@@ -101,6 +101,7 @@ mlflow_db_password:    {length: 32, for: [server, migrate, gc, postgresql]}
 auth_db_password:      {length: 32, for: [server, migrate, accounts, postgresql]}
 mlflow_admin_password: {length: 24, for: [server, gc, accounts]}
 flask_secret_key:      {length: 48, for: [server]}
+metrics_scrape_token:  {length: 48, for: [server]}
 {{- if .Values.postgresql.bundled.enabled }}
 postgres_password:     {length: 32, for: [postgresql]}
 {{- end }}
