@@ -368,3 +368,19 @@ def test_nginx_gets_the_stacks_config_with_cluster_names(rendered: Rendered) -> 
     assert c["args"][:2] == ["-c", "/etc/nginx/stack/nginx.conf"]
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/etc/nginx/stack", "/tmp"}
     assert int(c["securityContext"]["runAsUser"]) == 101
+
+
+def test_the_server_gets_every_secret_it_refuses_to_start_without(rendered: Rendered) -> None:
+    """serve.py stops at start without these files (the AI gateway's key
+    encryption passphrase and the webhook key among them): the server pod must
+    mount each, and a generated webhook key must be a valid Fernet key."""
+    needed = {"mlflow_db_password", "auth_db_password", "flask_secret_key", "kek_passphrase", "webhook_encryption_key"}
+    for workload in rendered.workloads():
+        if labels(workload)["app.kubernetes.io/component"] != "server":
+            continue
+        volume = next(v for v in pod_template(workload)["spec"]["volumes"] if v["name"] == "secrets")
+        assert needed <= {i["key"] for i in volume["secret"]["items"]}, name_of(workload)
+    values = generated_secret_values(rendered)
+    if values:
+        key = values["webhook_encryption_key"]
+        assert len(key) == 44 and len(base64.urlsafe_b64decode(key)) == 32, key

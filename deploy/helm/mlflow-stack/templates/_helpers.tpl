@@ -102,6 +102,8 @@ auth_db_password:      {length: 32, for: [server, migrate, accounts, postgresql]
 mlflow_admin_password: {length: 24, for: [server, gc, accounts]}
 flask_secret_key:      {length: 48, for: [server]}
 metrics_scrape_token:  {length: 48, for: [server]}
+kek_passphrase:        {length: 48, for: [server, migrate]}
+webhook_encryption_key: {fernet: true, for: [server]}
 {{- if .Values.postgresql.bundled.enabled }}
 postgres_password:     {length: 32, for: [postgresql]}
 {{- end }}
