@@ -138,7 +138,9 @@ def main() -> int:
         write(path, generate(spec))
         log(JOB, f"{spec.name}: generated")
     log(JOB, f"secrets ready in the secrets volume ({len(SPECS)} files)")
-    if SCRAPE_TOKEN_TARGET.is_dir():
+    # Only where compose.monitoring.yaml mounts Prometheus's volume: the image's
+    # own empty folder sits on the read-only root in the base stack.
+    if SCRAPE_TOKEN_TARGET.is_dir() and os.access(SCRAPE_TOKEN_TARGET, os.W_OK):
         token = (TARGET / SCRAPE_TOKEN).read_text().strip()
         copy = SCRAPE_TOKEN_TARGET / SCRAPE_TOKEN
         if not copy.exists() or copy.read_text().strip() != token:
