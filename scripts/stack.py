@@ -52,6 +52,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def wait_for(what: str, probe, timeout: float = 120, every: float = 2):
+    """Call `probe` until it returns something truthy, and return that; an
+    AssertionError naming `what` (and the last answer) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+def new_account(url: str, http, prefix: str) -> tuple[str, str]:
+    """A new non-admin account (default permissions only), created through
+    `http`, a requests session signed in as the admin: (name, password)."""
+    name, password = unique(prefix), secrets.token_urlsafe(18)
+    r = http.post(f"{url}/api/2.0/mlflow/users/create", json={"username": name, "password": password}, timeout=30)
+    assert r.status_code == 200, r.text
+    return name, password
+
+
 def last_json(out: str):
     """The JSON document on the last line of a command's output."""
     return json.loads(out.strip().splitlines()[-1])

@@ -13,37 +13,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from stack import ROOT, Stack, unique
+from stack import ROOT, Stack, new_account, unique, wait_for
 
 TRACING_VERSION = "3.17.2"  # the lightweight package, same release as the server
 PACKAGE = f"mlflow-tracing=={TRACING_VERSION}"
 VENVS = ROOT / "tests" / ".venvs"
-
-
-def new_user(stack: Stack, http: requests.Session, prefix: str) -> tuple[str, str]:
-    import secrets
-
-    name, password = unique(prefix), secrets.token_urlsafe(18)
-    r = http.post(f"{stack.url}/api/2.0/mlflow/users/create", json={"username": name, "password": password}, timeout=30)
-    assert r.status_code == 200, r.text
-    return name, password
-
-
-def wait_for(what: str, probe, timeout: float = 60, every: float = 1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
 def basic(user: tuple[str, str]) -> str:
@@ -61,7 +40,7 @@ def assert_json_error(r: requests.Response, status: int | tuple[int, ...]) -> di
 @pytest.fixture(scope="module")
 def people(stack: Stack, http: requests.Session) -> dict[str, tuple[str, str]]:
     """A teammate who owns the work, and a reader: another teammate with the default READ permission."""
-    return {"owner": new_user(stack, http, "genai"), "reader": new_user(stack, http, "reader")}
+    return {"owner": new_account(stack.url, http, "genai"), "reader": new_account(stack.url, http, "reader")}
 
 
 @pytest.fixture

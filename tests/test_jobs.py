@@ -5,34 +5,14 @@ them; what it must refuse, it refuses with a 4xx and creates nothing."""
 from __future__ import annotations
 
 import json
-import secrets
-import time
 
 import pytest
 import requests
 
-from stack import Stack, unique
+from stack import Stack, new_account, unique, wait_for
 
 INVOKE = "/ajax-api/3.0/mlflow/genai/evaluate/invoke"
 JOB = "/ajax-api/3.0/jobs/{}"
-
-
-def new_user(stack: Stack, http: requests.Session) -> tuple[str, str]:
-    name, password = unique("jobs"), secrets.token_urlsafe(18)
-    r = http.post(f"{stack.url}/api/2.0/mlflow/users/create", json={"username": name, "password": password}, timeout=30)
-    assert r.status_code == 200, r.text
-    return name, password
-
-
-def wait_for(what: str, probe, timeout: float = 240, every: float = 2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +20,7 @@ def traced(stack: Stack, http: requests.Session, tracking, request) -> dict:
     """A teammate's experiment with two traces logged by @mlflow.trace."""
     import mlflow
 
-    user = new_user(stack, http)
+    user = new_account(stack.url, http, "jobs")
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
     mp.setenv("MLFLOW_TRACKING_USERNAME", user[0])
@@ -59,7 +39,9 @@ def traced(stack: Stack, http: requests.Session, tracking, request) -> dict:
         trace_ids.append(mlflow.get_last_active_trace_id())
     client = mlflow.MlflowClient()
     for tid in trace_ids:
-        wait_for(f"trace {tid} stored", lambda tid=tid: client.get_trace(tid) if _exists(client, tid) else None)
+        wait_for(
+            f"trace {tid} stored", lambda tid=tid: client.get_trace(tid) if _exists(client, tid) else None, timeout=240
+        )
     return {"user": user, "experiment_id": exp_id, "trace_ids": trace_ids}
 
 
@@ -95,7 +77,7 @@ def test_a_teammate_s_server_side_evaluation_runs_end_to_end(stack: Stack, trace
         job = as_user.get(stack.url + JOB.format(job_id), timeout=30).json()
         return job if job["status"] in ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED") else None
 
-    job = wait_for(f"job {job_id}", finished)
+    job = wait_for(f"job {job_id}", finished, timeout=240)
     assert job["status"] == "SUCCEEDED", job.get("error_message")
     assert job["result"]["run_id"] == run_id and job["result"]["total_traces"] == 2
 
@@ -117,7 +99,7 @@ def test_what_the_runner_must_refuse_is_a_4xx(stack: Stack, http: requests.Sessi
     owner = requests.Session()
     owner.auth = traced["user"]
     other = requests.Session()
-    other.auth = new_user(stack, http)  # READ on everything (the default), no more
+    other.auth = new_account(stack.url, http, "jobs")  # READ on everything (the default), no more
     runs_before = _runs(http, stack, traced["experiment_id"])
 
     # A reader may not start an evaluation (it writes a run).

@@ -10,23 +10,15 @@ import json
 import os
 import re
 import secrets
-import time
 import urllib.parse
 
 import pytest
 import requests
 
-from stack import Stack, unique
+from stack import Stack, new_account, wait_for
 
 JOB_ROUTE = "/ajax-api/3.0/jobs/{job_id}"  # a FastAPI route: MLflow's own exporter never sees it
 MONITORING_FILE = "compose.monitoring.yaml"
-
-
-def new_user(stack: Stack, http: requests.Session) -> tuple[str, str]:
-    name, password = unique("metrics"), secrets.token_urlsafe(18)
-    r = http.post(f"{stack.url}/api/2.0/mlflow/users/create", json={"username": name, "password": password}, timeout=30)
-    assert r.status_code == 200, r.text
-    return name, password
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -53,7 +45,7 @@ def job_requests(stack: Stack, auth: tuple[str, str], n: int) -> int:
 
 
 def test_metrics_need_the_scrape_token(stack: Stack, http: requests.Session, admin: tuple[str, str]) -> None:
-    teammate = new_user(stack, http)
+    teammate = new_account(stack.url, http, "metrics")
     url = f"{stack.url}/metrics"
     wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(36)}"}
     token_as_password = (admin[0], stack.secret("metrics_scrape_token"))
@@ -117,22 +109,11 @@ def prometheus_query(stack: Stack, query: str) -> list[dict]:
     return answer["data"]["result"]
 
 
-def wait_for(what: str, probe, timeout: float = 120, every: float = 3):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
-
-
 def test_prometheus_scrapes_the_server_and_sees_a_new_request(monitored: Stack) -> None:
     def up() -> list[dict]:
         return [r for r in prometheus_query(monitored, 'up{job="mlflow-server"}') if r["value"][1] == "1"]
 
-    wait_for("Prometheus scrapes mlflow-server (up == 1)", up)
+    wait_for("Prometheus scrapes mlflow-server (up == 1)", up, every=3)
     query = f'sum(stack_http_requests_total{{route="{JOB_ROUTE}"}})'
 
     def value() -> float:
@@ -146,7 +127,7 @@ def test_prometheus_scrapes_the_server_and_sees_a_new_request(monitored: Stack) 
     before = sample(now.text, "stack_http_requests_total", route=JOB_ROUTE)
     admin = ("admin", monitored.secret("mlflow_admin_password"))
     job_requests(monitored, admin, 5)
-    seen = wait_for("Prometheus sees the 5 new requests", lambda: (v := value()) >= before + 5 and v)
+    seen = wait_for("Prometheus sees the 5 new requests", lambda: (v := value()) >= before + 5 and v, every=3)
     assert seen == before + 5
     # The scrape used the token: Prometheus itself holds no other secret.
     mounts = monitored.compose("exec", "-T", "prometheus", "ls", "/run/metrics-token").stdout.split()

@@ -125,3 +125,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 def admin_password() -> str:
     """The admin password in the basic_auth.ini MLflow's auth app reads (generated per session)."""
     return ADMIN_PASSWORD
+
+
+class Clock:
+    """A clock the test moves by hand (`clock.now += 60`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

@@ -3,6 +3,7 @@ their invalidation by the listener, and the race a change must never lose."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -14,16 +15,7 @@ from stack_ops.server import authcache
 from stack_ops.server.authcache import AuthCache, Cache
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_entries_expire_after_the_ttl() -> None:
-    clock = Clock()
+def test_entries_expire_after_the_ttl(clock) -> None:
     cache = Cache(60, clock)
     cache.put("alice", "user", cache.generation)
     assert cache.get("alice") == (True, "user")
@@ -192,14 +184,25 @@ def wait_for(condition, timeout: float = 5) -> None:
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def listening(cache: AuthCache, poll: float = 0.05):
+    """The cache's listener running in a thread for the block; stopped and
+    joined after it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=cache.listen_forever, args=(stop, poll), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(2)
+
+
 def test_notifications_reach_the_caches_and_a_lost_connection_bypasses_them() -> None:
     first, second = FakeConnection(), FakeConnection()
     handed = [first, second]
     ac = AuthCache(60, connect=lambda: handed.pop(0))
-    stop = threading.Event()
-    thread = threading.Thread(target=ac.listen_forever, args=(stop, 0.05), daemon=True)
-    thread.start()
-    try:
+    with listening(ac):
         wait_for(lambda: ac.live)
         assert f"LISTEN {authcache.CHANNEL}" in first.executed
         ac.cached(ac.users, "alice", lambda: "admin")
@@ -215,9 +218,6 @@ def test_notifications_reach_the_caches_and_a_lost_connection_bypasses_them() ->
         wait_for(lambda: not handed)  # reconnected with the second connection
         wait_for(lambda: ac.live)
         assert ac.grants.get("k") == (False, None)  # nothing survives a reconnect
-    finally:
-        stop.set()
-    thread.join(2)
     assert not ac.live
 
 
@@ -344,10 +344,7 @@ def test_notifications_on_other_channels_go_to_their_callback_not_to_the_caches(
     ac.channels["elsewhere"] = heard.append
     ac.on_connect.append(connected.append)
     ac.on_disconnect.append(lambda: lost.append(1))
-    stop = threading.Event()
-    thread = threading.Thread(target=ac.listen_forever, args=(stop, 0.05), daemon=True)
-    thread.start()
-    try:
+    with listening(ac):
         wait_for(lambda: ac.live)
         assert connected == [conn]
         ac.cached(ac.users, "alice", lambda: "admin")
@@ -360,9 +357,6 @@ def test_notifications_on_other_channels_go_to_their_callback_not_to_the_caches(
         wait_for(lambda: ac.notifications == 1)
         assert heard == ["10.0.0.7", "10.0.0.8"]
         assert ac.users.get("alice") == (False, None)
-    finally:
-        stop.set()
-    thread.join(2)
     assert lost == [1]
 
 

@@ -212,16 +212,7 @@ def test_a_param_value_at_mlflows_limit_passes() -> None:
 
 
 # --- the lockout's failed sign-ins across workers and replicas ---------------------
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_only_addresses_seen_failing_within_the_window_are_worth_a_query() -> None:
-    clock = Clock()
+def test_only_addresses_seen_failing_within_the_window_are_worth_a_query(clock) -> None:
     recent = guard.RecentFailures(300, clock)
     recent.reset([], live=True)
     assert not recent.worth_a_query("10.0.0.7")
@@ -243,9 +234,8 @@ def test_every_address_is_worth_a_query_while_the_listener_is_down() -> None:
 
 
 def test_failures_of_other_replicas_arrive_over_the_auth_cache_listener(monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
 
-    from test_authcache import FakeConnection, wait_for
+    from test_authcache import FakeConnection, listening, wait_for
 
     from stack_ops.server.authcache import AuthCache
 
@@ -257,10 +247,7 @@ def test_failures_of_other_replicas_arrive_over_the_auth_cache_listener(monkeypa
     handed = [first, second]
     cache = AuthCache(60, connect=lambda: handed.pop(0))
     guard.listen_for_failures(cache)
-    stop = threading.Event()
-    thread = threading.Thread(target=cache.listen_forever, args=(stop, 0.05), daemon=True)
-    thread.start()
-    try:
+    with listening(cache):
         wait_for(lambda: recent.live)
         assert f"LISTEN {guard.FAILED_CHANNEL}" in first.executed
         assert recent.worth_a_query("10.0.0.7") and not recent.worth_a_query("10.0.0.8")
@@ -275,7 +262,4 @@ def test_failures_of_other_replicas_arrive_over_the_auth_cache_listener(monkeypa
         wait_for(lambda: recent.live)
         # Reconnected: what PostgreSQL holds now (the operator unlocked both meanwhile).
         assert not recent.worth_a_query("10.0.0.7") and not recent.worth_a_query("10.0.0.8")
-    finally:
-        stop.set()
-    thread.join(2)
     assert not recent.live and recent.worth_a_query("10.0.0.8")
