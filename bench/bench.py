@@ -506,7 +506,9 @@ def do_search(c: Bench, size: dict, tgts: tuple[str, ...], seeded: dict) -> dict
     for tgt in tgts:
         seed_ = se[f"seed_{tgt}"]
         args = ("--experiment-id", seed_["experiment_id"], "--expect", str(seed_["runs"]))
+        cpu0 = cpu_by_service(c)
         se[tgt] = res = c.load("search", tgt, *args, "--repeat", str(size["search_repeat"]))
+        res["cpu_ms_per_req"] = cpu_ms_per_request(cpu0, cpu_by_service(c), size["search_repeat"] + 1)
         say(f"search {tgt}: p50 {res['p50_ms']} ms, p95 {res['p95_ms']} ms")
         args = ("--run-id", seed_["history_run_id"], "--points", str(size["points"]))
         se[f"history_{tgt}"] = res = c.load("history", tgt, *args, "--repeat", str(size["history_repeat"]))
@@ -675,6 +677,8 @@ def do_matrix(c: Bench, size: dict, only: set[str], matrix: list[str], seeded: d
                     say(f"  log_batch requests per replica: {res['log_batch_per_replica']}")
             if "search" in only:
                 res["search"] = do_search(c, size, ("stack",), seeded)
+            if "ui" in only:
+                res["ui"] = do_ui(c, size, ("stack",), seeded)
             if "artifacts" in only:
                 res["artifacts"] = do_artifacts(c, size, ("stack",))
             if "footprint" in only:
@@ -851,6 +855,11 @@ def table(r: dict) -> str:
         for key in ("p50_ms", "p95_ms"):
             label = f"search_runs 1000/{se['seed_stack']['runs']}: {key}"
             rows.append(compare(label, se["baseline"][key], se["stack"][key]))
+        for tgt in ("baseline", "stack"):
+            cpu = se[tgt].get("cpu_ms_per_req")
+            if cpu:
+                per_svc = ", ".join(f"{svc} {ms:g}" for svc, ms in cpu.items())
+                rows.append((f"  CPU ms per search, {tgt}", "", per_svc, ""))
         b, s = se["history_baseline"], se["history_stack"]
         rows.append(compare(f"get_metric_history {s['points']} pts: p50_ms", b["p50_ms"], s["p50_ms"]))
         for key in ("store_query_ms", "proto_json_ms", "client_parse_ms", "json_mb"):
