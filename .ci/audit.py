@@ -156,6 +156,24 @@ def latest_release_vulns(dep: Dep) -> None:
         dep.vulns.append(Vuln(v["id"], v.get("aliases") or [], v.get("fixed_in") or [], v.get("summary") or ""))
 
 
+def run_pip_audit_batches(pins: list[str]) -> dict:
+    """pip-audit refuses a requirements file that names a package twice, and two
+    images may hold two versions of one package (an indirect dependency built
+    at different times): one run per batch in which every name is unique."""
+    batches: list[dict[str, str]] = []
+    for pin in pins:
+        name = norm(pin.split("==", 1)[0])
+        batch = next((b for b in batches if name not in b), None)
+        if batch is None:
+            batch = {}
+            batches.append(batch)
+        batch[name] = pin
+    dependencies: list[dict] = []
+    for batch in batches:
+        dependencies += run_pip_audit(list(batch.values())).get("dependencies", [])
+    return {"dependencies": dependencies}
+
+
 def load_accepted() -> list[dict]:
     if not ACCEPTED_FILE.exists():
         return []
@@ -200,7 +218,7 @@ def main() -> int:
 
     all_pins = [f"{d.name}=={d.version}" for d in deps.values()]
     print(f"[audit] pip-audit -s pypi on {len(all_pins)} distinct name==version pins")
-    report = run_pip_audit(all_pins)
+    report = run_pip_audit_batches(all_pins)
     for d in report.get("dependencies", []):
         dep = deps.get((norm(d["name"]), d.get("version", "")))
         if dep is None:  # skipped entries carry no version: find by name
