@@ -1,4 +1,4 @@
-"""server/errors.py: MLflow's FastAPI routes answer errors in MLflow's JSON shape."""
+"""server/errors.py: MLflow's API paths answer errors in MLflow's JSON shape."""
 
 from __future__ import annotations
 
@@ -84,9 +84,26 @@ def test_mlflow_shaped_errors_and_successes_pass_untouched() -> None:
     assert (status, body, headers[b"content-length"]) == (200, ok, str(len(ok)).encode())
 
 
-def test_other_paths_are_not_touched() -> None:
+def test_flask_routes_denials_become_mlflow_json_too() -> None:
+    # MLflow's basic auth answers a denied Flask API request in plain text.
+    status, _, body = call(answer(403, b"Permission denied", "text/html; charset=utf-8"), "/api/2.0/mlflow/runs/get")
+    assert status == 403
+    assert json.loads(body) == {"error_code": "PERMISSION_DENIED", "message": "Permission denied"}
+    status, _, body = call(answer(403, b"Permission denied", "text/plain"), "/ajax-api/2.0/mlflow/runs/get")
+    assert json.loads(body) == {"error_code": "PERMISSION_DENIED", "message": "Permission denied"}
+
+
+def test_an_html_error_page_becomes_its_status_phrase() -> None:
+    page = b"<!doctype html><title>404 Not Found</title><h1>Not Found</h1>"
+    status, _, body = call(answer(404, page, "text/html; charset=utf-8"), "/api/2.0/mlflow/no-such-route")
+    assert status == 404
+    assert json.loads(body) == {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Not Found"}
+
+
+@pytest.mark.parametrize("path", ["/", "/static-files/index.html", "/health", "/metrics", "/apis/x"])
+def test_other_paths_are_not_touched(path: str) -> None:
     page = b"<html>Not Found</html>"
-    assert call(answer(404, page, "text/html"), path="/api/2.0/mlflow/runs/get")[2] == page
+    assert call(answer(404, page, "text/html"), path=path)[2] == page
 
 
 def test_a_large_error_body_streams_through_as_it_is() -> None:

@@ -1,22 +1,25 @@
-"""MLflow's JSON error shape for the routes MLflow serves with FastAPI.
+"""MLflow's JSON error shape for every error of MLflow's APIs.
 
-MLflow's Flask API answers errors as `{"error_code": ..., "message": ...}`,
-which every MLflow client parses. Its FastAPI routes do not: the OTLP trace
-endpoint (`/v1/traces`), the job API and the gateway answer FastAPI's
-`{"detail": ...}` (422 for a missing `x-mlflow-experiment-id` header), and the
-basic-auth middleware in front of them answers plain text ("Permission
-denied", the missing-header message, "You are not authenticated"). This ASGI
-wrapper rewrites those error bodies on those paths into MLflow's shape, with
-the same status and headers (a 401 keeps its `WWW-Authenticate`). Successful
-answers, and errors already in MLflow's shape, pass through untouched.
+MLflow's Flask handlers answer errors as `{"error_code": ..., "message": ...}`,
+which every MLflow client parses. Not everything in front of them does: the
+basic-auth app answers a denial with plain text ("Permission denied", also on
+Flask routes), a missing login with "You are not authenticated", Flask an
+unknown API path with an HTML page, and MLflow's FastAPI routes (the OTLP
+trace endpoint `/v1/traces`, the job API, the gateway) with FastAPI's
+`{"detail": ...}` (422 for a missing `x-mlflow-experiment-id` header). This
+ASGI wrapper rewrites those error bodies on the API paths into MLflow's shape,
+with the same status and headers (a 401 keeps its `WWW-Authenticate`).
+Successful answers, and errors already in MLflow's shape, pass through
+untouched; the UI's pages and files are not touched at all.
 """
 
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
-# Paths MLflow serves with FastAPI, whose errors are not in MLflow's shape.
-PREFIXES = ("/v1/traces", "/ajax-api/3.0/jobs", "/api/3.0/jobs", "/gateway/", "/ajax-api/3.0/mlflow/gateway/")
+# MLflow's API paths (REST, the UI's ajax API, OTLP traces, the gateway).
+PREFIXES = ("/api/", "/ajax-api/", "/v1/traces", "/gateway/")
 MAX_ERROR_BODY = 64 * 1024  # larger error bodies pass through as they are
 CODES = {
     400: "BAD_REQUEST",
@@ -35,6 +38,13 @@ def error_code(status: int) -> str:
     if status in CODES:
         return CODES[status]
     return "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def _describe(detail) -> str:
@@ -67,7 +77,9 @@ def reshape(status: int, content_type: str, body: bytes) -> bytes | None:
                 return None
             if "detail" in parsed:
                 text = _describe(parsed["detail"])
-    message = text or f"HTTP {status}"
+    if text.startswith("<"):  # a framework's HTML error page, not a message
+        text = ""
+    message = text or _phrase(status)
     return json.dumps({"error_code": error_code(status), "message": message}).encode()
 
 
