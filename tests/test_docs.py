@@ -89,6 +89,15 @@ ELSEWHERE = {
     "scripts/users reset-password alice": ("tests/test_security.py", 'users(stack, "reset-password", name)'),
     "scripts/users reset-admin-password": ("tests/test_security.py", 'users(stack, "reset-admin-password")'),
     "scripts/users list": ("tests/test_security.py", 'users(stack, "list")'),
+    "scripts/users workspace-grant alice team-a USE": (
+        "tests/test_workspaces.py",
+        'users(ws, "workspace-grant", account[0], workspace, "USE")',
+    ),
+    "scripts/users workspace-revoke alice team-a": (
+        "tests/test_workspaces.py",
+        'users(ws, "workspace-revoke", account[0], workspace)',
+    ),
+    "export MLFLOW_WORKSPACE=team-a": ("tests/test_workspaces.py", 'monkeypatch.setenv("MLFLOW_WORKSPACE", workspace)'),
     "scripts/users unlock 203.0.113.7": ("tests/test_security.py", 'users(stack, "unlock", result["address"])'),
     "docker compose -f compose.yaml -f compose.tls.yaml up -d --wait": (
         "tests/test_tls.py",

@@ -46,6 +46,18 @@ def env(name: str, default: str) -> str:
     return value or default
 
 
+def workspaces_enabled() -> bool:
+    """MLFLOW_ENABLE_WORKSPACES (true/false/1/0, any case; empty or unset: off),
+    left in the environment as `true` or `false`, the way this process's MLflow
+    and its subprocesses read it. Anything else is refused rather than guessed."""
+    value = os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower()
+    if value not in ("", "false", "0", "true", "1"):
+        raise StackError(f"MLFLOW_ENABLE_WORKSPACES={value!r} is not true or false")
+    enabled = value in ("true", "1")
+    os.environ["MLFLOW_ENABLE_WORKSPACES"] = str(enabled).lower()
+    return enabled
+
+
 @dataclass(frozen=True)
 class Settings:
     postgres_host: str

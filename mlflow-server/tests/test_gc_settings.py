@@ -88,3 +88,27 @@ def test_main_with_good_settings_goes_on_to_the_secrets(
     assert gc.main(["--once", "--older-than", "1d"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("[gc] error: secret ") and "mlflow_db_password is missing" in err
+
+
+@pytest.mark.parametrize(("workspaces", "swept"), [(False, []), (True, ["--all-workspaces"])])
+def test_with_workspaces_on_every_workspace_is_swept(
+    monkeypatch: pytest.MonkeyPatch, workspaces: bool, swept: list[str]
+) -> None:
+    import subprocess
+
+    from stack_ops.common import Settings
+
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(gc.subprocess, "run", fake_run)
+    monkeypatch.setattr(gc, "_env", lambda settings: {})
+    monkeypatch.setenv("POSTGRES_HOST", "db")
+    monkeypatch.setattr(Settings, "tracking_uri", lambda self: "postgresql://db/mlflow")
+    assert gc.run_gc(Settings.from_env(), "7d", workspaces)
+    assert calls[0][:2] == ["mlflow", "gc"]
+    assert calls[0][calls[0].index("--older-than") + 1] == "7d"
+    assert [a for a in calls[0] if a == "--all-workspaces"] == swept

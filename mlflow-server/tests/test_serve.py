@@ -129,6 +129,7 @@ def test_write_auth_config_is_read_back_by_mlflow(
     assert config.admin_password == secrets_dir["mlflow_admin_password"]
     assert config.authorization_function == "stack_ops.server.guard:authenticate_request"
     assert config.auth_cache_ttl_seconds == 60
+    assert config.grant_default_workspace_access is True
     url = make_url(config.database_uri)
     assert (url.drivername, url.host, url.username, url.database) == (
         "postgresql+psycopg2",
@@ -189,3 +190,32 @@ def test_serve_refuses_replicas_with_the_job_runner_before_starting(
     assert serve.main() == 1
     assert started == []
     assert "needs MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in capsys.readouterr().err
+
+
+def test_the_default_workspace_can_be_made_members_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secrets_dir: dict[str, str]
+) -> None:
+    ini = tmp_path / "basic_auth.ini"
+    monkeypatch.setattr(serve, "AUTH_INI", ini)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("POSTGRES_HOST", "db")
+    serve.write_auth_config(common.Settings.from_env(), "READ", "60", default_access=False)
+    assert read_auth_config().grant_default_workspace_access is False
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"), [("", False), ("false", False), ("0", False), ("TRUE", True), (" 1 ", True)]
+)
+def test_workspaces_switch_reads_like_mlflow(monkeypatch: pytest.MonkeyPatch, value: str, enabled: bool) -> None:
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", value)
+    assert common.workspaces_enabled() is enabled
+    assert MLFLOW_ENABLE_WORKSPACES.get() is enabled  # what MLflow then reads
+
+
+@pytest.mark.parametrize("value", ["yes", "on", "enabled", "tru"])
+def test_workspaces_switch_refuses_anything_else(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", value)
+    with pytest.raises(common.StackError, match="MLFLOW_ENABLE_WORKSPACES=.* is not true or false"):
+        common.workspaces_enabled()

@@ -5,6 +5,11 @@
     users reset-admin-password    new admin password: auth store + secrets volume
     users list                    every account, admins marked
     users unlock ADDRESS          forget the failed sign-ins of a locked-out address
+    users workspace-grant NAME WORKSPACE USE|MANAGE
+                                  make an account a member of a workspace
+                                  (MLFLOW_ENABLE_WORKSPACES=true; docs/workspaces.md)
+    users workspace-revoke NAME WORKSPACE
+                                  take that membership away
 
 Passwords are generated (24 characters, ~143 bits) and printed once, on
 stdout, with nothing else on that line. Bad input (an invalid or taken name,
@@ -21,15 +26,19 @@ import sys
 import warnings
 from pathlib import Path
 
-from stack_ops.common import Settings, StackError, die, env, log
+from stack_ops.common import Settings, StackError, die, env, log, workspaces_enabled
 
 JOB = "users"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 SECRETS_TARGET = Path(os.environ.get("STACK_SECRETS_WRITE_DIR", "/secrets"))
 USAGE = (
     "usage: users add NAME [--admin] | users reset-password NAME | users reset-admin-password"
-    " | users list | users unlock ADDRESS"
+    " | users list | users unlock ADDRESS | users workspace-grant NAME WORKSPACE USE|MANAGE"
+    " | users workspace-revoke NAME WORKSPACE"
 )
+# MLflow's two workspace-wide levels: USE reads, writes and creates; MANAGE also
+# deletes and grants. Per experiment or model, MLflow's API and UI grant more.
+WORKSPACE_LEVELS = ("USE", "MANAGE")
 
 
 def _store():
@@ -132,6 +141,46 @@ def unlock(address: str) -> int:
     return 0
 
 
+def _workspace_member_check(name: str, workspace: str):
+    """The auth store, once the account and the workspace are known to exist;
+    StackError says which is missing, or that workspaces are off."""
+    import sqlalchemy
+
+    if not workspaces_enabled():
+        raise StackError("workspaces are off: set MLFLOW_ENABLE_WORKSPACES=true in .env first (docs/workspaces.md)")
+    store = _store()
+    if not store.has_user(name):
+        raise StackError(f"no user {name!r}")
+    engine = sqlalchemy.create_engine(Settings.from_env().tracking_uri())
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(sqlalchemy.text("SELECT 1 FROM workspaces WHERE name = :w"), {"w": workspace}).first()
+    finally:
+        engine.dispose()
+    if found is None:
+        raise StackError(f"no workspace {workspace!r} (an admin creates it in the UI or with MLflow's API)")
+    return store
+
+
+def workspace_grant(name: str, workspace: str, level: str) -> int:
+    level = level.upper()
+    if level not in WORKSPACE_LEVELS:
+        return die(JOB, f"{level!r} is not one of {', '.join(WORKSPACE_LEVELS)}")
+    store = _workspace_member_check(name, workspace)
+    store.set_workspace_permission(workspace, name, level)
+    log(JOB, f"{name!r} may now {'use' if level == 'USE' else 'manage'} workspace {workspace!r}")
+    return 0
+
+
+def workspace_revoke(name: str, workspace: str) -> int:
+    store = _workspace_member_check(name, workspace)
+    if store.get_workspace_permission(workspace, name) is None:
+        return die(JOB, f"{name!r} has no workspace-wide grant in {workspace!r}")
+    store.delete_workspace_permission(workspace, name)
+    log(JOB, f"{name!r} is no longer a member of workspace {workspace!r}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     try:
         match argv:
@@ -147,6 +196,10 @@ def main(argv: list[str]) -> int:
                 return list_users()
             case ["unlock", address]:
                 return unlock(address)
+            case ["workspace-grant", name, workspace, level]:
+                return workspace_grant(name, workspace, level)
+            case ["workspace-revoke", name, workspace]:
+                return workspace_revoke(name, workspace)
             case _:
                 return die(JOB, USAGE)
     except StackError as e:

@@ -17,9 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from stack_ops.common import Settings, StackError, die, env, log, read_secret
+from stack_ops.common import Settings, StackError, die, env, log, read_secret, workspaces_enabled
 
 JOB = "accounts"
+DEFAULT_WORKSPACE = "default"  # MLflow's reserved workspace: everything logged before workspaces
 CREDENTIALS_DIR = Path(os.environ.get("TRAINER_CREDENTIALS_DIR", "/trainer-credentials"))
 
 
@@ -51,6 +52,15 @@ def main(argv: list[str]) -> int:
         return die(JOB, "MLFLOW_TRAINER_USERNAME must differ from the admin username")
     state = ensure_user(store, username, password)
     log(JOB, f"service account {username!r}: {state} (not an admin)")
+    try:
+        workspaces = workspaces_enabled()
+    except StackError as e:
+        return die(JOB, str(e))
+    if workspaces:
+        # With workspaces on, creating an experiment or a model needs USE on
+        # the workspace; the trainer logs into `default`, as before.
+        store.set_workspace_permission(DEFAULT_WORKSPACE, username, "USE")
+        log(JOB, f"service account {username!r}: may use the {DEFAULT_WORKSPACE!r} workspace")
     if argv == ["--sync-admin"]:
         admin = env("MLFLOW_ADMIN_USERNAME", "admin")
         admin_password = read_secret("mlflow_admin_password")

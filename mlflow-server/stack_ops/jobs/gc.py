@@ -7,6 +7,7 @@ A run deleted in the UI or API is only marked `deleted`; this removes its rows
 (params, metrics, tags) from PostgreSQL and its artifact objects from the
 bucket once it has been deleted for longer than MLFLOW_GC_RETENTION
 (`mlflow gc --older-than` syntax: 30d, 12h, 1d2h3m4s). Live runs are never touched.
+With MLflow's workspaces on, every workspace is swept (`--all-workspaces`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from stack_ops.common import Settings, StackError, die, env, log, read_secret
+from stack_ops.common import Settings, StackError, die, env, log, read_secret, workspaces_enabled
 
 JOB = "gc"
 HEARTBEAT = Path("/tmp/gc-heartbeat")
@@ -27,7 +28,7 @@ SERVER = "http://mlflow-server:5000"
 RETENTION = re.compile(r"^(\d+d)?(\d+h)?(\d+m)?(\d+s)?$")
 
 
-def run_gc(settings: Settings, older_than: str) -> bool:
+def run_gc(settings: Settings, older_than: str, workspaces: bool = False) -> bool:
     # Rows are deleted in the database directly; artifacts (mlflow-artifacts:/
     # URIs) through the server's proxy, as admin (only admins may delete any run's files).
     args = [
@@ -36,6 +37,8 @@ def run_gc(settings: Settings, older_than: str) -> bool:
         "--tracking-uri", SERVER,
         "--older-than", older_than,
     ]  # fmt: skip
+    if workspaces:  # MLflow's gc sees one workspace unless told otherwise
+        args.append("--all-workspaces")
     started = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True, env=_env(settings))
     took = time.monotonic() - started
@@ -80,19 +83,21 @@ def main(argv: list[str]) -> int:
     once = "--once" in argv
     try:
         older_than, interval = parse_settings(argv)
+        workspaces = workspaces_enabled()
         settings.tracking_uri()
         _env(settings)
     except StackError as e:
         return die(JOB, str(e))
     if once:
-        return 0 if run_gc(settings, older_than) else 1
+        return 0 if run_gc(settings, older_than, workspaces) else 1
 
     # As PID 1 the interpreter ignores SIGTERM unless asked: without this,
     # `docker compose stop` waited its full 10 s and then killed the loop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log(JOB, f"purging runs deleted more than {older_than} ago, every {interval}s")
+    scope = " in every workspace" if workspaces else ""
+    log(JOB, f"purging runs deleted more than {older_than} ago{scope}, every {interval}s")
     while True:
-        run_gc(settings, older_than)
+        run_gc(settings, older_than, workspaces)
         deadline = time.monotonic() + interval
         while time.monotonic() < deadline:
             HEARTBEAT.touch()

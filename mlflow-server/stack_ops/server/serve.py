@@ -12,8 +12,9 @@ import re
 import sys
 from pathlib import Path
 
-from stack_ops.common import Settings, StackError, die, env, log, read_secret
+from stack_ops.common import Settings, StackError, die, env, log, read_secret, workspaces_enabled
 from stack_ops.server.artifacts import Config as ArtifactConfig
+from stack_ops.server.artifacts import parse_bool
 from stack_ops.server.guard import addresses_with_recent_failures
 
 JOB = "serve"
@@ -92,7 +93,7 @@ def ini_escape(value: str) -> str:
     return value.replace("%", "%%")  # configparser interpolation
 
 
-def write_auth_config(settings: Settings, permission: str, cache_ttl: str) -> None:
+def write_auth_config(settings: Settings, permission: str, cache_ttl: str, default_access: bool = True) -> None:
     AUTH_INI.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     AUTH_INI.write_text(
         "[mlflow]\n"
@@ -104,6 +105,10 @@ def write_auth_config(settings: Settings, permission: str, cache_ttl: str) -> No
         # policy (stack_ops/server/guard.py).
         "authorization_function = stack_ops.server.guard:authenticate_request\n"
         f"auth_cache_ttl_seconds = {cache_ttl}\n"
+        # Workspaces on: everyone keeps MLFLOW_DEFAULT_PERMISSION in the
+        # `default` workspace (where everything logged before lives); any
+        # other workspace is its members' only (docs/workspaces.md).
+        f"grant_default_workspace_access = {str(default_access).lower()}\n"
     )
     AUTH_INI.chmod(0o600)
 
@@ -135,6 +140,12 @@ def main() -> int:
         if not value.isdigit():
             return die(JOB, f"{name}={value} is not a whole number")
 
+    try:
+        workspaces = workspaces_enabled()
+        default_access = parse_bool("MLFLOW_WORKSPACES_DEFAULT_ACCESS", env("MLFLOW_WORKSPACES_DEFAULT_ACCESS", "true"))
+    except (StackError, ValueError) as e:
+        return die(JOB, str(e))
+
     problem = replica_problem(
         env("MLFLOW_SERVER_REPLICAS", "1"), os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "")
     )
@@ -152,7 +163,7 @@ def main() -> int:
         return die(JOB, str(e))
 
     try:
-        write_auth_config(settings, permission, cache_ttl)
+        write_auth_config(settings, permission, cache_ttl, default_access)
         locked = addresses_with_recent_failures()
         os.environ.update(settings.s3_env())
         os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
@@ -203,7 +214,11 @@ def main() -> int:
     transfers = (
         f"direct up to {direct.max_upload_bytes} bytes per upload" if direct.direct else "through MLflow's proxy"
     )
-    log(JOB, f"starting mlflow server: {workers} workers, s3://{settings.bucket}/ ({transfers}), hosts {hosts}")
+    scope = ", workspaces on" if workspaces else ""
+    log(
+        JOB,
+        f"starting mlflow server: {workers} workers, s3://{settings.bucket}/ ({transfers}), hosts {hosts}{scope}",
+    )
     os.execvp(args[0], args)
     return 1  # not reached
 
