@@ -365,6 +365,9 @@ def test_no_bundled_store_runs_and_the_jobs_used_the_external_ones(ext: Stack, m
     # The schemas and the trainer's account are in the managed databases.
     assert managed.pg_sql(TRACKING_DB, "SELECT count(*) FROM alembic_version") == "1"
     assert managed.pg_sql(AUTH_DB, "SELECT username FROM users WHERE username = 'trainer'") == "trainer"
+    # The operator's account command reaches the external user store too.
+    listed = ext.script("users", "list")
+    assert listed.returncode == 0 and "trainer" in listed.stdout, listed.stdout + listed.stderr
 
 
 def test_every_connection_is_verified_tls(ext: Stack, managed: Managed, client: mlflow.MlflowClient) -> None:
