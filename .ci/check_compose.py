@@ -25,6 +25,17 @@ VARIANTS = {
     "an old .env naming compose.seaweedfs.yaml": (["compose.yaml", "compose.seaweedfs.yaml"], ""),
     "monitoring (Prometheus)": (["compose.yaml", "compose.monitoring.yaml"], ""),
 }
+# compose.external.yaml, with its required settings: no bundled store, every
+# MLflow container on the external services over verified TLS.
+EXTERNAL_FILES = ["compose.yaml", "compose.external.yaml"]
+EXTERNAL_ENV = {
+    "POSTGRES_HOST": "db.example.internal",
+    "S3_ENDPOINT_URL": "https://s3.eu-central-2.example.com",
+    "S3_REGION": "eu-central-2",
+    "EXTERNAL_SECRETS_DIR": "/srv/mlflow-external",
+    "EXTERNAL_NETWORK": "mlflow-egress",
+}
+MLFLOW_SERVICES = ("bucket", "migrate", "accounts", "mlflow-server", "gc")
 MINIO_WARNING = "MINIO_UNFIXED_CVE_2025_62506_ACCEPTED"  # named in compose's "variable is not set" warning
 SECRETS_READ = ("/run/secrets/s3_access_key", "/run/secrets/s3_secret_key")
 ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer", "ops", "tls"}
@@ -33,12 +44,13 @@ TLS_PRIVATE = {"tls-ca": {"tls"}, "tls": {"tls", "nginx"}}
 EXACT_TAG = re.compile(r"^[\w./-]+(:[\w][\w.-]*)$")
 
 
-def config(files: list[str], store: str) -> tuple[dict, str]:
+def config(files: list[str], store: str, extra: dict[str, str] | None = None) -> tuple[dict, str]:
     """The resolved config and what `docker compose` printed on stderr."""
     args = ["docker", "compose"] + [a for f in files for a in ("-f", f)]
     env_free = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
     if store:
         env_free["S3_STORE"] = store
+    env_free.update(extra or {})
     subprocess.run([*args, "config", "-q"], check=True, env=env_free, capture_output=True)
     out = subprocess.run(
         [*args, "config", "--format", "json"], check=True, capture_output=True, text=True, env=env_free
@@ -108,6 +120,8 @@ def check(name: str, cfg: dict) -> list[str]:
         if "container_name" in svc:
             problems.append(f"{sname}: fixed container_name")
     for net, spec in (cfg.get("networks") or {}).items():
+        if spec.get("external"):
+            continue  # an operator's network, named by a setting (compose.external.yaml)
         if spec.get("name", "").split("_", 1)[-1] != net:
             problems.append(f"network {net}: fixed name {spec.get('name')}")
     if not cfg["networks"].get("backend", {}).get("internal"):
@@ -178,8 +192,52 @@ def check_prometheus(services: dict, networks: dict) -> list[str]:
     return problems
 
 
+def check_external(cfg: dict) -> list[str]:
+    """compose.external.yaml: the bundled stores off, the MLflow containers
+    pointed at the external ones with verify-full and the CA from the secrets
+    volume, the operator's folder mounted read-only into the secrets job only."""
+    problems = []
+    services = cfg["services"]
+    for bundled in ("postgres", "s3"):
+        if bundled in services:
+            problems.append(f"{bundled}: still started with the external services")
+    for name in MLFLOW_SERVICES:
+        env = services[name].get("environment") or {}
+        want = {
+            "POSTGRES_HOST": EXTERNAL_ENV["POSTGRES_HOST"],
+            "POSTGRES_SSLMODE": "verify-full",
+            "POSTGRES_SSLROOTCERT": "/run/secrets/postgres_ca.crt",
+            "S3_ENDPOINT_URL": EXTERNAL_ENV["S3_ENDPOINT_URL"],
+            "AWS_DEFAULT_REGION": EXTERNAL_ENV["S3_REGION"],
+        }
+        wrong = {k: env.get(k) for k, v in want.items() if env.get(k) != v}
+        if wrong:
+            problems.append(f"{name}: {wrong}")
+        if "external" not in (services[name].get("networks") or {}):
+            problems.append(f"{name}: not on the external network")
+        for dep in services[name].get("depends_on") or {}:
+            if dep in ("postgres", "s3"):
+                problems.append(f"{name}: still waits for {dep}")
+    net = (cfg.get("networks") or {}).get("external", {})
+    if not net.get("external") or net.get("name") != EXTERNAL_ENV["EXTERNAL_NETWORK"]:
+        problems.append(f"network external: {net}")
+    for name, svc in services.items():
+        for v in svc.get("volumes") or []:
+            if v.get("source") == EXTERNAL_ENV["EXTERNAL_SECRETS_DIR"] and (
+                name != "secrets" or not v.get("read_only")
+            ):
+                problems.append(f"{name}: mounts EXTERNAL_SECRETS_DIR (only the secrets job, read-only)")
+    return problems
+
+
 def main() -> int:
     failed = False
+    cfg, _ = config(EXTERNAL_FILES, "", EXTERNAL_ENV)
+    problems = check("external", cfg) + check_external(cfg)
+    print(f"external PostgreSQL and S3: {'ok' if not problems else 'FAILED'} ({', '.join(sorted(cfg['services']))})")
+    for p in problems:
+        print(f"  - {p}")
+    failed |= bool(problems)
     for name, (files, store) in VARIANTS.items():
         cfg, stderr = config(files, store)
         active = sorted(cfg["services"])

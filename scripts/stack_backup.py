@@ -59,12 +59,43 @@ def compose(*args: str, stdin=None, stdout=None, check: bool = True) -> subproce
         raise BackupError(str(e).strip()[-800:]) from None
 
 
+_bundled: bool | None = None
+
+
+def bundled_postgres() -> bool:
+    """True when the stack runs its own `postgres` service; False with
+    compose.external.yaml (an external PostgreSQL, reached by `pgclient`)."""
+    global _bundled
+    if _bundled is None:
+        _bundled = "postgres" in STACK.services()
+    return _bundled
+
+
+def pg(db: str, *command: str) -> list[str]:
+    """The compose arguments that run a PostgreSQL client `command` on `db`:
+    as the superuser in the bundled postgres container, or as the database's
+    owner role in `pgclient` (compose.external.yaml: libpq's environment names
+    the host, role, password and verified TLS; a conninfo with no database
+    falls back to it)."""
+    if bundled_postgres():
+        return ["exec", "-T", "postgres", *command, "-U", "postgres", "-d", db]
+    return ["run", "--rm", "--no-deps", "-T", "-e", f"STACK_DB={db}", "pgclient", *command,
+            "-d", "application_name=mlflow-stack-backup"]  # fmt: skip
+
+
 def sql(db: str, query: str) -> str:
-    return compose("exec", "-T", "postgres", "psql", "-U", "postgres", "-d", db, "-tAc", query).stdout.strip()
+    return compose(*pg(db, "psql", "-tAc", query)).stdout.strip()
 
 
 def counts() -> dict[str, int]:
-    return {name: int(sql(db, query)) for name, (db, query) in COUNTS.items()}
+    """Row counts, one query per database (one client container each without a bundled postgres)."""
+    found: dict[str, int] = {}
+    for db in DATABASES:
+        names = [name for name, (where, _) in COUNTS.items() if where == db]
+        query = "SELECT " + ", ".join(f"({COUNTS[name][1]})" for name in names)
+        values = sql(db, query).split("|")
+        found.update({name: int(value) for name, value in zip(names, values, strict=True)})
+    return {name: found[name] for name in COUNTS}
 
 
 def ops(workdir: Path, *command: str) -> str:
@@ -90,7 +121,7 @@ def backup(out_dir: Path) -> Path:
         work = Path(tmp)
         for db in DATABASES:
             with (work / f"{db}.dump").open("wb") as f:
-                compose("exec", "-T", "postgres", "pg_dump", "-U", "postgres", "-Fc", "-d", db, stdout=f)
+                compose(*pg(db, "pg_dump", "-Fc"), stdout=f)
             log(f"dumped database {db}")
         manifest = {"created": stamp, "mlflow_version": mlflow_version(), "counts": counts()}
         # The AI-gateway secrets in the dump stay encrypted: the archive holds
@@ -210,9 +241,11 @@ def fingerprint_of(kek_file: Path) -> str:
 def restore_into_stopped_stack(manifest: dict, work: Path, rewrap: bool) -> None:
     for db, owner in DATABASES.items():
         with (work / f"{db}.dump").open("rb") as f:
+            # As the superuser, objects are re-owned by the database's owner;
+            # as that owner (external PostgreSQL), they are its own already.
+            role = [f"--role={owner}"] if bundled_postgres() else []
             compose(
-                    "exec", "-T", "postgres", "pg_restore", "-U", "postgres", "-d", db,
-                    "--clean", "--if-exists", "--no-owner", f"--role={owner}", "--single-transaction",
+                    *pg(db, "pg_restore", "--clean", "--if-exists", "--no-owner", *role, "--single-transaction"),
                     stdin=f, stdout=subprocess.DEVNULL,
                 )  # fmt: skip
         log(f"restored database {db}")

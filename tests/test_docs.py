@@ -129,6 +129,11 @@ ELSEWHERE = {
         "tests/test_metrics.py",
         'stack.compose("exec", "-T", "prometheus", "wget", "-qO-", url)',
     ),
+    "docker network create mlflow-egress": ("tests/test_external.py", 'docker("network", "create", m.network)'),
+    "docker compose -f compose.yaml -f compose.external.yaml up -d --wait": (
+        "tests/test_external.py",
+        '"COMPOSE_FILE": f"{files}:compose.external.yaml"',
+    ),
     # The README's exports: test_readme_snippet_logs_a_run sets exactly these.
     "export MLFLOW_TRACKING_URI=http://mlflow.example.internal:8080": ("tests/test_docs.py", "def test_readme_snippet"),
     "export MLFLOW_TRACKING_USERNAME=alice": ("tests/test_docs.py", "def test_readme_snippet"),

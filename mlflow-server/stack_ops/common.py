@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 SECRETS_DIR = Path(os.environ.get("STACK_SECRETS_DIR", "/run/secrets"))
 
@@ -58,6 +58,12 @@ def workspaces_enabled() -> bool:
     return enabled
 
 
+# libpq's sslmode values; the last two check the server's certificate against
+# a CA (POSTGRES_SSLROOTCERT), verify-full its name too.
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+VERIFYING = ("verify-ca", "verify-full")
+
+
 @dataclass(frozen=True)
 class Settings:
     postgres_host: str
@@ -68,6 +74,10 @@ class Settings:
     auth_user: str
     s3_endpoint: str
     bucket: str
+    # TLS to PostgreSQL (compose.external.yaml): libpq's sslmode, empty for the
+    # driver's default, and the CA file that verifies the server's certificate.
+    postgres_sslmode: str = ""
+    postgres_sslrootcert: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,13 +90,36 @@ class Settings:
             auth_user=env("MLFLOW_AUTH_DB_USER", "mlflow_auth"),
             s3_endpoint=env("S3_ENDPOINT_URL", "http://s3:9000"),
             bucket=env("S3_BUCKET", "mlflow"),
+            postgres_sslmode=env("POSTGRES_SSLMODE", ""),
+            postgres_sslrootcert=env("POSTGRES_SSLROOTCERT", ""),
         )
+
+    def pg_ssl_params(self) -> dict[str, str]:
+        """libpq's TLS parameters for the database URIs; a StackError when the
+        settings can't give a verified connection."""
+        mode = self.postgres_sslmode
+        if not mode:
+            return {}
+        if mode not in SSLMODES:
+            raise StackError(f"POSTGRES_SSLMODE={mode} is not one of {', '.join(SSLMODES)}")
+        params = {"sslmode": mode}
+        ca = self.postgres_sslrootcert
+        if ca and Path(ca).is_file():
+            params["sslrootcert"] = ca
+        elif mode in VERIFYING:
+            where = ca or "POSTGRES_SSLROOTCERT (unset)"
+            raise StackError(
+                f"POSTGRES_SSLMODE={mode} needs the CA of the PostgreSQL server's certificate, and {where} "
+                "is not a file: put it in EXTERNAL_SECRETS_DIR as postgres_ca.crt (docs/configuration.md)"
+            )
+        return params
 
     def _pg_uri(self, user: str, password: str, db: str) -> str:
         # SQLAlchemy 2.1 defaults to psycopg 3 for postgresql://; name psycopg2.
+        query = urlencode(self.pg_ssl_params(), safe="/")
         return (
             f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}"
-            f"@{self.postgres_host}:{self.postgres_port}/{db}"
+            f"@{self.postgres_host}:{self.postgres_port}/{db}" + (f"?{query}" if query else "")
         )
 
     def tracking_uri(self) -> str:

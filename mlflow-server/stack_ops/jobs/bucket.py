@@ -10,6 +10,32 @@ from stack_ops.common import Settings, StackError, die, env, log
 JOB = "bucket"
 
 
+def create_args(bucket: str, region: str) -> dict:
+    """create_bucket's arguments: outside us-east-1, S3 wants the region named."""
+    args: dict = {"Bucket": bucket}
+    if region and region != "us-east-1":
+        args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    return args
+
+
+def create(s3, settings) -> int:
+    """Only when head_bucket said it is missing: an existing bucket needs no
+    permission to create buckets (a managed store's scoped credentials)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.create_bucket(**create_args(settings.bucket, s3.meta.region_name))
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        return die(
+            JOB,
+            f"bucket {settings.bucket!r} does not exist at {settings.s3_endpoint} and creating it failed ({code}): "
+            "create it with your provider's tools, or give these credentials the right to create it",
+        )
+    log(JOB, f"created bucket {settings.bucket!r} at {settings.s3_endpoint}")
+    return 0
+
+
 def main() -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -30,9 +56,7 @@ def main() -> int:
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket", "NotFound"):
-                s3.create_bucket(Bucket=settings.bucket)
-                log(JOB, f"created bucket {settings.bucket!r} at {settings.s3_endpoint}")
-                return 0
+                return create(s3, settings)
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 return die(JOB, f"the S3 store refused our credentials ({code})")
             problem = f"S3 error {code}"

@@ -7,10 +7,64 @@ upgraded, an up-to-date one is left alone.
 from __future__ import annotations
 
 import sys
+import time
 
-from stack_ops.common import Settings, StackError, die, log, read_secret
+from stack_ops.common import Settings, StackError, die, env, log, read_secret
 
 JOB = "migrate"
+# libpq's words for a TLS failure no retry can fix: the certificate does not
+# verify against the CA, names another host, or the server does not do TLS.
+TLS_FAILURES = (
+    "certificate verify failed",
+    "does not match host name",
+    "server does not support ssl",
+    "root certificate file",
+    "sslmode value",
+)
+
+
+def connection_problem(message: str) -> str | None:
+    """What to fix when PostgreSQL's TLS can't be verified, or None when the
+    error may pass (the server is starting, a network hiccup)."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    if any(words in message.lower() for words in TLS_FAILURES):
+        return (
+            f"TLS to PostgreSQL failed: {first}. Check POSTGRES_HOST (the name in the server's certificate), "
+            "POSTGRES_SSLMODE and the CA in EXTERNAL_SECRETS_DIR/postgres_ca.crt (docs/configuration.md)"
+        )
+    if "password authentication failed" in message.lower():
+        return f"PostgreSQL refused the password: {first}"
+    return None
+
+
+def wait_for_postgres(settings: Settings, timeout: float) -> None:
+    """Connect once as the tracking role (bounded wait, one line per try); a
+    StackError at once for what waiting can't fix (TLS, a wrong password)."""
+    import sqlalchemy
+
+    uri = settings.tracking_uri()
+    where = f"{settings.postgres_host}:{settings.postgres_port}"
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool)
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    ssl = conn.exec_driver_sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").scalar()
+                log(JOB, f"PostgreSQL at {where} answers ({'TLS' if ssl else 'no TLS'})")
+                return
+            except sqlalchemy.exc.OperationalError as e:
+                message = str(e.orig) if e.orig is not None else str(e)
+                problem = connection_problem(message)
+                if problem:
+                    raise StackError(problem) from None
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                raise StackError(f"PostgreSQL at {where} not reachable after {timeout:.0f}s: {message.strip()}")
+            log(JOB, f"waiting for PostgreSQL at {where} ({elapsed:.0f}s / {timeout:.0f}s)")
+            time.sleep(2)
+    finally:
+        engine.dispose()
 
 
 def migrate_tracking(uri: str) -> None:
@@ -93,6 +147,7 @@ def protect_gateway_secrets(uri: str) -> None:
 def main() -> int:
     settings = Settings.from_env()
     try:
+        wait_for_postgres(settings, float(env("STACK_WAIT_SECONDS", "60")))
         migrate_tracking(settings.tracking_uri())
         migrate_auth(settings.auth_uri())
         protect_gateway_secrets(settings.tracking_uri())

@@ -25,6 +25,13 @@ TARGET = Path(os.environ.get("STACK_SECRETS_TARGET", "/secrets"))
 # the scrape token and nothing else of the secrets volume.
 SCRAPE_TOKEN_TARGET = Path(os.environ.get("STACK_SCRAPE_TOKEN_TARGET", "/metrics-token"))
 SCRAPE_TOKEN = "metrics_scrape_token"
+# compose.external.yaml mounts the operator's folder (EXTERNAL_SECRETS_DIR) here:
+# the credentials of a PostgreSQL and an S3 store the stack does not run, and
+# the database's CA. Copied into the secrets volume on every `up`, where every
+# service already reads its secrets.
+EXTERNAL_SOURCE = Path(os.environ.get("STACK_EXTERNAL_SECRETS_SOURCE", "/external-secrets"))
+EXTERNAL_CREDENTIALS = ("mlflow_db_password", "auth_db_password", "s3_access_key", "s3_secret_key")
+EXTERNAL_CA = "postgres_ca.crt"
 MIN_LENGTH = 12
 # Values that ship as defaults somewhere (images, tutorials, MLflow itself) or
 # are the first guess for a service, compared lower-cased. Kept as sha256 so the
@@ -107,9 +114,53 @@ def write(path: Path, value: str) -> None:
     tmp.replace(path)
 
 
+def external_files(host_dir: str, source: Path, sslmode: str) -> dict[str, str]:
+    """The external services' credentials and CA from the operator's folder
+    (`host_dir` as named on the host, for messages), or a ValueError saying
+    which file is missing or unusable."""
+    if not source.is_dir():
+        raise ValueError(f"EXTERNAL_SECRETS_DIR={host_dir} is not mounted at {source} (compose.external.yaml)")
+    found: dict[str, str] = {}
+    for name in EXTERNAL_CREDENTIALS:
+        path = source / name
+        try:
+            found[name] = path.read_text().strip()
+        except FileNotFoundError:
+            raise ValueError(f"{host_dir}/{name} is missing (compose.external.yaml needs {name})") from None
+        except PermissionError:
+            raise ValueError(f"{host_dir}/{name} is not readable by uid {os.getuid()} (chown it to 10001)") from None
+        if not found[name]:
+            raise ValueError(f"{host_dir}/{name} is empty")
+    ca = source / EXTERNAL_CA
+    if ca.exists():
+        try:
+            pem = ca.read_text().strip()
+        except PermissionError:
+            unreadable = f"{host_dir}/{EXTERNAL_CA} is not readable by uid {os.getuid()} (chown it to 10001)"
+            raise ValueError(unreadable) from None
+        if not pem.startswith("-----BEGIN CERTIFICATE-----"):
+            raise ValueError(f"{host_dir}/{EXTERNAL_CA} is not a PEM certificate")
+        found[EXTERNAL_CA] = pem
+    elif sslmode in ("verify-ca", "verify-full"):
+        raise ValueError(
+            f"{host_dir}/{EXTERNAL_CA} is missing: POSTGRES_SSLMODE={sslmode} checks the database's certificate "
+            "against that CA (your provider's CA bundle)"
+        )
+    return found
+
+
 def main() -> int:
     if not TARGET.is_dir():
         return die(JOB, f"{TARGET} is not a directory: mount the secrets volume there")
+
+    # compose.external.yaml: the managed services' credentials come from files.
+    external: dict[str, str] = {}
+    host_dir = os.environ.get("EXTERNAL_SECRETS_DIR", "").strip()
+    if host_dir:
+        try:
+            external = external_files(host_dir, EXTERNAL_SOURCE, os.environ.get("POSTGRES_SSLMODE", "").strip())
+        except ValueError as e:
+            return die(JOB, str(e))
 
     # Preflight: refuse weak overrides before writing anything.
     overrides: dict[str, str] = {}
@@ -124,6 +175,15 @@ def main() -> int:
                 f"{spec.env} {problem}; set a strong value in .env or remove it to have one generated",
             )
         overrides[spec.name] = value
+    for spec in SPECS:
+        if spec.name not in external:
+            continue
+        if spec.name in overrides:
+            return die(JOB, f"{spec.env} is set and {host_dir}/{spec.name} exists: keep one of them")
+        problem = weakness(external[spec.name])
+        if problem:
+            return die(JOB, f"{host_dir}/{spec.name} {problem}")
+        overrides[spec.name] = external[spec.name]
 
     for spec in SPECS:
         path = TARGET / spec.name
@@ -131,12 +191,23 @@ def main() -> int:
         if spec.name in overrides:
             if overrides[spec.name] != current:
                 write(path, overrides[spec.name])
-                log(JOB, f"{spec.name}: set from {spec.env}")
+                source = f"{host_dir}/{spec.name}" if spec.name in external else spec.env
+                log(JOB, f"{spec.name}: set from {source}")
             continue
         if current:
             continue
         write(path, generate(spec))
         log(JOB, f"{spec.name}: generated")
+    ca = TARGET / EXTERNAL_CA
+    if EXTERNAL_CA in external:
+        if not ca.exists() or ca.read_text().strip() != external[EXTERNAL_CA]:
+            write(ca, external[EXTERNAL_CA])
+            log(JOB, f"{EXTERNAL_CA}: copied from {host_dir}")
+    elif ca.exists():
+        ca.unlink()  # no longer given: never verify against a stale CA
+        log(JOB, f"{EXTERNAL_CA}: removed (not in EXTERNAL_SECRETS_DIR)")
+    if external:
+        log(JOB, f"external services' credentials from {host_dir}")
     log(JOB, f"secrets ready in the secrets volume ({len(SPECS)} files)")
     # Only where compose.monitoring.yaml mounts Prometheus's volume: the image's
     # own empty folder sits on the read-only root in the base stack.
