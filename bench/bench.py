@@ -128,8 +128,16 @@ def cpu_ns(container_id: str) -> int:
 
 
 def cpu_by_service(c: Bench) -> dict[str, int]:
-    """Each running container's CPU time so far (cpu_ns)."""
-    return {svc: cpu_ns(cid) for svc, cid in sorted(c.running().items())}
+    """Each service's CPU time so far (cpu_ns), summed over its running
+    containers: every replica of mlflow-server counts. -1 when one of them
+    is unreadable."""
+    out: dict[str, int] = {}
+    for cont in c.containers():
+        if cont.get("State") != "running":
+            continue
+        ns, svc = cpu_ns(cont["ID"]), cont["Service"]
+        out[svc] = -1 if ns < 0 or out.get(svc, 0) < 0 else out.get(svc, 0) + ns
+    return dict(sorted(out.items()))
 
 
 def cpu_ms_per_request(before: dict[str, int], after: dict[str, int], requests: int) -> dict[str, float]:
