@@ -8,10 +8,12 @@ scripts/stack_backup.py.
     Stack(project="mlflowtest1a2b3c", port=8123, env={...})   a copy of its own
     Stack.current()                  the operator's stack (COMPOSE_PROJECT_NAME, or compose.yaml's name)
     stack.sibling("mlflowrestore")   a second, fresh copy beside it (same images and settings)
+    with sibling.session("nginx") as s: ...   up for a block, then down with its volumes
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +170,21 @@ class Stack:
     def down(self) -> None:
         """Remove the copy and its volumes (profiles included)."""
         self.compose("--profile", "ops", "--profile", "bench", "down", "--volumes", "--remove-orphans", check=False)
+
+    @contextlib.contextmanager
+    def session(self, *services: str, timeout: float = 300) -> Iterator[Stack]:
+        """`up` these services (and what they need), yield this stack, and
+        `down` it with its volumes however the block ends: a test's sibling,
+        `with stack.sibling("mlflowx").session("nginx") as s: ...`."""
+        try:
+            try:
+                self.up(*services, timeout=timeout)
+            except Exception:
+                print(self.compose("ps", "--all", check=False).stdout + self.logs())  # why, before `down`
+                raise
+            yield self
+        finally:
+            self.down()
 
     def services(self) -> list[str]:
         return self.compose("config", "--services").stdout.split()

@@ -300,14 +300,8 @@ def external_env(m: Managed) -> dict[str, str]:
 def ext(managed: Managed) -> Iterator[Stack]:
     s = Stack(project=unique("extstack").replace("-", ""), port=free_port(), env=external_env(managed))
     s.env["HTTP_PORT"] = str(s.port)
-    try:
-        s.compose("up", "--detach", "--wait", "--wait-timeout", "600", "nginx", "gc", timeout=900)
+    with s.session("nginx", "gc", timeout=600):
         yield s
-    except Exception:
-        print(s.compose("ps", "--all", check=False).stdout + s.logs())
-        raise
-    finally:
-        s.down()
 
 
 @pytest.fixture

@@ -94,11 +94,8 @@ def monitored(stack: Stack):
         return
     files = os.environ.get("COMPOSE_FILE") or stack.env.get("COMPOSE_FILE") or "compose.yaml"
     other = stack.sibling(f"{stack.project}mon", COMPOSE_FILE=f"{files}:{MONITORING_FILE}")
-    try:
-        other.up("nginx", "prometheus", timeout=600)
+    with other.session("nginx", "prometheus", timeout=600):
         yield other
-    finally:
-        other.down()
 
 
 def prometheus_query(stack: Stack, query: str) -> list[dict]:

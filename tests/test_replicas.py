@@ -37,17 +37,14 @@ def replicas(stack: Stack) -> Iterator[Stack]:
     """A sibling with three server replicas (one uvicorn worker each: three
     server processes on a 2-core machine) and the job runner off, as
     MLFLOW_SERVER_REPLICAS above 1 requires."""
-    s = stack.sibling(
+    sibling = stack.sibling(
         "mlflowreplicas",
         MLFLOW_SERVER_REPLICAS=str(REPLICAS),
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         MLFLOW_WORKERS="1",
     )
-    try:
-        s.compose("up", "--detach", "--wait", "--wait-timeout", "600", "nginx", "gc", timeout=900)
+    with sibling.session("nginx", "gc", timeout=600) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")

@@ -64,12 +64,8 @@ def test_one_setting_picks_the_store() -> None:
 @pytest.fixture(scope="module")
 def sibling(stack: Stack):
     """A second stack of this checkout, without the trainer."""
-    s = stack.sibling("mlflowstore")
-    try:
-        s.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx", "gc")
+    with stack.sibling("mlflowstore").session("nginx", "gc") as s:
         yield s
-    finally:
-        s.compose("down", "--volumes", check=False)
 
 
 def wait_for_log(s: Stack, service: str, text: str, timeout: float = 90) -> str:

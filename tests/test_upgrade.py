@@ -23,12 +23,9 @@ def old_stack(stack: Stack):
     s = stack.sibling(
         "mlflowupgrade", MLFLOW_SERVER_IMAGE=f"mlflow-stack/mlflow-server:mlflow-{OLD}", MLFLOW_BUILD_VERSION=OLD
     )
-    try:
-        s.compose("build", "--quiet", "mlflow-server", timeout=1200)
-        s.compose("up", "--detach", "--wait", "--wait-timeout", "300", "nginx")
+    s.compose("build", "--quiet", "mlflow-server", timeout=1200)
+    with s.session("nginx"):
         yield s, current
-    finally:
-        s.compose("down", "--volumes", check=False)
 
 
 def test_upgrade_from_mlflow_3_10_keeps_everything(old_stack, monkeypatch, tmp_path: Path) -> None:

@@ -29,17 +29,14 @@ HEADER = "X-MLFLOW-WORKSPACE"
 def ws(stack: Stack) -> Iterator[Stack]:
     """A sibling with workspaces on (one worker, no job runner: it only has
     to answer these tests)."""
-    s = stack.sibling(
+    sibling = stack.sibling(
         "mlflowworkspaces",
         MLFLOW_ENABLE_WORKSPACES="true",
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         MLFLOW_WORKERS="1",
     )
-    try:
-        s.compose("up", "--detach", "--wait", "--wait-timeout", "600", "nginx", "gc", timeout=900)
+    with sibling.session("nginx", "gc", timeout=600) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack_ops.common import die, log
+from stack_ops.common import VERIFYING, die, log
 
 JOB = "secrets"
 TARGET = Path(os.environ.get("STACK_SECRETS_TARGET", "/secrets"))
@@ -120,28 +120,26 @@ def external_files(host_dir: str, source: Path, sslmode: str) -> dict[str, str]:
     which file is missing or unusable."""
     if not source.is_dir():
         raise ValueError(f"EXTERNAL_SECRETS_DIR={host_dir} is not mounted at {source} (compose.external.yaml)")
-    found: dict[str, str] = {}
-    for name in EXTERNAL_CREDENTIALS:
-        path = source / name
+
+    def read(name: str) -> str:
         try:
-            found[name] = path.read_text().strip()
+            return (source / name).read_text().strip()
         except FileNotFoundError:
             raise ValueError(f"{host_dir}/{name} is missing (compose.external.yaml needs {name})") from None
         except PermissionError:
             raise ValueError(f"{host_dir}/{name} is not readable by uid {os.getuid()} (chown it to 10001)") from None
+
+    found: dict[str, str] = {}
+    for name in EXTERNAL_CREDENTIALS:
+        found[name] = read(name)
         if not found[name]:
             raise ValueError(f"{host_dir}/{name} is empty")
-    ca = source / EXTERNAL_CA
-    if ca.exists():
-        try:
-            pem = ca.read_text().strip()
-        except PermissionError:
-            unreadable = f"{host_dir}/{EXTERNAL_CA} is not readable by uid {os.getuid()} (chown it to 10001)"
-            raise ValueError(unreadable) from None
+    if (source / EXTERNAL_CA).exists():
+        pem = read(EXTERNAL_CA)
         if not pem.startswith("-----BEGIN CERTIFICATE-----"):
             raise ValueError(f"{host_dir}/{EXTERNAL_CA} is not a PEM certificate")
         found[EXTERNAL_CA] = pem
-    elif sslmode in ("verify-ca", "verify-full"):
+    elif sslmode in VERIFYING:
         raise ValueError(
             f"{host_dir}/{EXTERNAL_CA} is missing: POSTGRES_SSLMODE={sslmode} checks the database's certificate "
             "against that CA (your provider's CA bundle)"
