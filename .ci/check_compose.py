@@ -130,20 +130,24 @@ def check(name: str, cfg: dict) -> list[str]:
         problems += check_tls(services)
     if "prometheus" in services:
         problems += check_prometheus(services, cfg.get("networks") or {})
-    problems += check_nginx_mounts(services["nginx"])
+    problems += check_nginx_mounts(services["nginx"], "prometheus" in services)
     return problems
 
 
-def check_nginx_mounts(nginx: dict) -> list[str]:
+def check_nginx_mounts(nginx: dict, monitoring: bool) -> list[str]:
     """nginx gets each of its config files, and nothing else of nginx/ (an
-    operator's TLS key lives in nginx/certs)."""
+    operator's TLS key lives in nginx/certs); status.conf (stub_status) with
+    the monitoring overlay only."""
     problems = []
     binds = {v["target"]: Path(v["source"]).resolve() for v in nginx.get("volumes") or [] if v.get("type") == "bind"}
     sources = set(binds.values())
     here = ROOT / "nginx"
     for conf in sorted(here.glob("*.conf")):
-        if conf.name not in ("site.conf", "tls.conf") and conf.resolve() not in sources:
+        if conf.name not in ("site.conf", "tls.conf", "status.conf") and conf.resolve() not in sources:
             problems.append(f"nginx: nginx/{conf.name} is not mounted")
+    status = binds.get("/etc/nginx/stack/status.conf")
+    if status != ((here / "status.conf").resolve() if monitoring else None):
+        problems.append(f"nginx: /etc/nginx/stack/status.conf comes from {status} (monitoring overlay: {monitoring})")
     site = binds.get("/etc/nginx/stack/site.conf")
     if site not in ((here / "site.conf").resolve(), (here / "tls.conf").resolve()):
         problems.append(f"nginx: /etc/nginx/stack/site.conf comes from {site}")
@@ -175,20 +179,27 @@ def check_tls(services: dict) -> list[str]:
 
 
 def check_prometheus(services: dict, networks: dict) -> list[str]:
-    """The monitoring overlay: Prometheus non-root and read-only, with the
-    scrape token's copy and never the secrets volume, on an internal network."""
+    """The monitoring overlay: Prometheus and nginx-exporter non-root and
+    read-only, on internal networks only; Prometheus with the scrape token's
+    copy, the exporter with no volume at all, neither with the secrets volume;
+    nginx's stub_status listener (8081) never published."""
     problems = []
-    prom = services["prometheus"]
-    if prom.get("user") in (None, "", "0", "root") or str(prom.get("user")).startswith("0:"):
-        problems.append("prometheus: runs as root")
-    if not prom.get("read_only"):
-        problems.append("prometheus: root filesystem is writable")
-    sources = {v.get("source") for v in prom.get("volumes") or [] if v.get("type") == "volume"}
-    if "secrets" in sources or "metrics-token" not in sources:
-        problems.append(f"prometheus: volumes {sorted(sources)} (want metrics-token, never secrets)")
-    for net in prom.get("networks") or {}:
-        if not networks.get(net, {}).get("internal"):
-            problems.append(f"prometheus: network {net} is not internal")
+    want_volumes = {"prometheus": {"metrics-token", "prometheus-data"}, "nginx-exporter": set()}
+    for name, want in want_volumes.items():
+        svc = services[name]
+        if svc.get("user") in (None, "", "0", "root") or str(svc.get("user")).startswith("0:"):
+            problems.append(f"{name}: runs as root")
+        if not svc.get("read_only"):
+            problems.append(f"{name}: root filesystem is writable")
+        sources = {v.get("source") for v in svc.get("volumes") or [] if v.get("type") == "volume"}
+        if sources != want:
+            problems.append(f"{name}: volumes {sorted(sources)} (want {sorted(want)}, never secrets)")
+        for net in svc.get("networks") or {}:
+            if not networks.get(net, {}).get("internal"):
+                problems.append(f"{name}: network {net} is not internal")
+    published = [str(p.get("target")) for p in services["nginx"].get("ports") or []]
+    if "8081" in published:
+        problems.append("nginx: publishes 8081 (stub_status stays on the internal network)")
     return problems
 
 

@@ -8,6 +8,8 @@
 #             accounts  ensure the service accounts (the trainer's) exist (one-shot)
 #             tls       prepare nginx's HTTPS certificate (TLS variant, one-shot)
 #             gc        purge deleted runs past retention, on a schedule
+#             nginx_metrics  nginx's stub_status as Prometheus metrics
+#                       (compose.monitoring.yaml's nginx-exporter)
 #   commands: users     add accounts, reset passwords (scripts/users)
 #             objects   copy the bucket to/from a directory (backup and restore)
 #             kek       the AI-gateway secrets' key: status, rewrap after a restore
@@ -16,7 +18,7 @@ set -eu
 cmd=${1:-serve}
 case "$cmd" in
   serve|health) role=server ;;
-  secrets|bucket|migrate|accounts|tls|gc) role=jobs ;;
+  secrets|bucket|migrate|accounts|tls|gc|nginx_metrics) role=jobs ;;
   users|objects|kek) role=commands ;;
   *) exec "$@" ;;
 esac

@@ -2,7 +2,8 @@
 (no credentials 401; a teammate, the admin or a wrong token 403, as MLflow's
 JSON error), counts every request by route template over all workers, and a
 real Prometheus (compose.monitoring.yaml, one sibling stack) scrapes it and
-sees a request the test just made."""
+sees a request the test just made; nginx's own counters (stub_status, through
+nginx-exporter) reach it too."""
 
 from __future__ import annotations
 
@@ -130,3 +131,58 @@ def test_prometheus_scrapes_the_server_and_sees_a_new_request(monitored: Stack) 
     mounts = monitored.compose("exec", "-T", "prometheus", "ls", "/run/metrics-token").stdout.split()
     assert mounts == ["metrics_scrape_token"]
     assert monitored.compose("exec", "-T", "prometheus", "ls", "/run/secrets", check=False).returncode != 0
+
+
+def nginx_counters(s: Stack) -> dict[str, float]:
+    """nginx-exporter's answer right now, read inside its own container (it
+    publishes nothing): metric name -> value."""
+    url = "http://127.0.0.1:9113/metrics"
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    text = s.compose("exec", "-T", "nginx-exporter", "python", "-c", code).stdout
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split()
+            values[name] = float(value)
+    return values
+
+
+def test_prometheus_scrapes_nginx_and_counts_new_requests(monitored: Stack) -> None:
+    """nginx's own counters (stub_status, through nginx-exporter) reach
+    Prometheus: 100 requests sent now are counted, on the connection they came
+    on; nginx down reads nginx_up 0; stub_status is not reachable from outside."""
+
+    def up() -> list[dict]:
+        return [r for r in prometheus_query(monitored, 'up{job="nginx"}') if r["value"][1] == "1"]
+
+    wait_for("Prometheus scrapes nginx-exporter (up == 1)", up, every=3)
+    before = nginx_counters(monitored)
+    assert before["nginx_up"] == 1
+    with requests.Session() as client:  # one keep-alive connection for all 100
+        codes = {client.get(f"{monitored.url}/nginx-health", timeout=30).status_code for _ in range(100)}
+    assert codes == {200}
+    after = nginx_counters(monitored)
+    # Ours, plus the odd health check or scrape that fell in between (one each
+    # per 5 s and 15 s) and the exporter's own read of stub_status.
+    assert 100 <= after["nginx_http_requests_total"] - before["nginx_http_requests_total"] <= 110, (before, after)
+    assert after["nginx_connections_accepted"] - before["nginx_connections_accepted"] <= 10, (before, after)
+
+    def seen() -> float:
+        result = prometheus_query(monitored, 'nginx_http_requests_total{job="nginx"}')
+        value = float(result[0]["value"][1]) if result else 0.0
+        return value >= after["nginx_http_requests_total"] and value
+
+    wait_for("Prometheus sees the 100 new requests", seen, every=3)
+
+    # Not from outside: no published port for it, and the front door has no such page.
+    assert monitored.compose("port", "nginx", "8081", check=False).stdout.strip() in ("", ":0")
+    outside = requests.get(f"{monitored.url}/stub_status", timeout=30)
+    assert "Active connections" not in outside.text and "server accepts" not in outside.text
+
+    # nginx stopped: the scrape still answers, with nginx_up 0 alone (what to alert on).
+    monitored.compose("stop", "nginx")
+    try:
+        assert nginx_counters(monitored) == {"nginx_up": 0.0}
+    finally:
+        monitored.up("nginx", "prometheus")
+    assert nginx_counters(monitored)["nginx_up"] == 1

@@ -9,8 +9,9 @@ from chart import CHART_DIR, HELM_DIR, REPO_ROOT, Rendered
 
 FILES = CHART_DIR / "files"
 # nginx/ files the chart does not copy: resolver.conf is written from values,
-# tls.conf is compose's TLS variant (TLS ends at the Ingress or Gateway here).
-NOT_COPIED = {"resolver.conf", "tls.conf"}
+# tls.conf is compose's TLS variant (TLS ends at the Ingress or Gateway here),
+# status.conf compose's monitoring overlay (the chart's metrics: its ServiceMonitor).
+NOT_COPIED = {"resolver.conf", "tls.conf", "status.conf"}
 
 
 def copies() -> dict[str, str]:
