@@ -66,6 +66,11 @@ PRIVATE_API = [
         "SqlAlchemyStore.list_grants",
         ["self", "user_id", "workspace", "resource_types"],
     ),
+    # server/search.py: the view it copies, the search it calls, the redactor it runs first
+    ("mlflow.server.handlers", "_search_runs", []),
+    ("mlflow.server.handlers", "search_runs_impl", ["request_message"]),
+    ("mlflow.server.auth", "_denied_sibling_tiers", ["username", "resource_types"]),
+    ("mlflow.server.auth", "redact_search_runs_model_links", ["resp"]),
     # server/guard.py, server/app.py
     ("mlflow.server.auth", "authenticate_request_basic_auth", []),
     ("mlflow.server.auth", "create_app", ["app"]),

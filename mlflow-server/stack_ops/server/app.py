@@ -24,7 +24,10 @@ only makes a worker open and close connections under load).
 
 Metric history pages are written straight from the database rows, byte for
 byte what MLflow's view writes, behind MLflow's own authorization
-(`history.py`; STACK_FAST_METRIC_HISTORY=false turns it off).
+(`history.py`; STACK_FAST_METRIC_HISTORY=false turns it off). Run search
+answers are written in one pass, byte for byte MLflow's, and MLflow's
+logged-model redactor re-parses them only for a user it could change
+something for (`search.py`; STACK_FAST_SEARCH_RUNS=false turns it off).
 
 Errors of the routes MLflow serves with FastAPI (`/v1/traces`, jobs, gateway)
 come back in MLflow's JSON error shape (`errors.py`). Everything else goes to
@@ -106,12 +109,13 @@ def create_app() -> StackApp:
     from mlflow.server import auth
     from mlflow.server.auth import create_app as create_basic_auth_app
 
-    from stack_ops.server import authcache, guard, history
+    from stack_ops.server import authcache, guard, history, search
     from stack_ops.server.errors import JsonErrors
 
     # Errors of MLflow's FastAPI routes (/v1/traces, jobs, gateway) in MLflow's JSON shape.
     mlflow_app = JsonErrors(create_basic_auth_app())
     history.install(flask_app)
+    search.install(flask_app, auth)
     # An older MLflow (the upgrade test builds this image on 3.10) lacks the
     # auth cache setting or the lookups the caches wrap: it runs uncached.
     # The lockout's failed sign-ins ride on the cache's listener; with the
