@@ -219,3 +219,50 @@ def test_workspaces_switch_refuses_anything_else(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", value)
     with pytest.raises(common.StackError, match="MLFLOW_ENABLE_WORKSPACES=.* is not true or false"):
         common.workspaces_enabled()
+
+
+@pytest.mark.parametrize(
+    ("threads", "pool", "overflow", "warns"),
+    [
+        ("8", "16", "4", False),  # compose's defaults: two connections per thread, kept
+        ("8", "20", "", False),
+        ("15", "5", "10", True),  # the old defaults: 15 threads on MLflow's 5 + 10
+        ("8", "", "", True),  # MLflow's own 5 + 10
+        ("0", "16", "4", True),  # 0: Starlette's 40 threads
+        ("1", "2", "1", False),
+        ("1", "1", "5", True),  # overflow connections are closed after use: not "kept"
+    ],
+)
+def test_pool_warning_when_a_worker_would_churn_connections(threads, pool, overflow, warns):
+    warning = serve.pool_warning(threads, pool, overflow)
+    assert (warning is not None) == warns
+    if warns:
+        assert "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE" in warning and "MLFLOW_WORKER_THREADS" in warning
+
+
+def test_mlflow_log_batch_holds_two_connections_at_once(tmp_path):
+    """Why the pool keeps two connections per thread: MLflow's `log_batch`
+    opens the metrics' session while the run's session still holds its
+    connection. If a new MLflow stops doing that, this fails and the default
+    can be halved (compose.yaml, docs/performance.md)."""
+    from mlflow.entities import Metric, Param
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy import event
+
+    store = SqlAlchemyStore(f"sqlite:///{tmp_path}/m.db", str(tmp_path / "a"))
+    run = store.create_run(store.create_experiment("pool"), "u", 0, [], "r")
+    out, peak = [0], [0]
+
+    def checkout(*_):
+        out[0] += 1
+        peak[0] = max(peak[0], out[0])
+
+    def checkin(*_):
+        out[0] -= 1
+
+    event.listen(store.engine, "checkout", checkout)
+    event.listen(store.engine, "checkin", checkin)
+    store.log_batch(run.info.run_id, [Metric("m", 1.0, 1, 0)], [Param("p", "v")], [])
+    assert peak[0] == 2
+    assert out[0] == 0
+    assert [m.value for m in store.get_metric_history(run.info.run_id, "m")] == [1.0]

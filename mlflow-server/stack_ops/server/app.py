@@ -19,8 +19,9 @@ every worker when the auth database changes (`authcache.py`; the same
 listener tells it of failed sign-ins on any replica, for the lockout in
 `guard.py`), and runs at
 most MLFLOW_WORKER_THREADS requests at once in MLflow's Flask app (the
-thread pool Starlette runs it in; more threads than database connections
-only makes a worker open and close connections under load).
+thread pool Starlette runs it in; MLflow's `log_batch` holds two database
+connections at once, so a pool of fewer than two per thread makes a worker
+open and close connections under load: serve.py warns).
 
 Metric history pages are written straight from the database rows, byte for
 byte what MLflow's view writes, behind MLflow's own authorization

@@ -57,6 +57,28 @@ def source_regex(bucket: str) -> str:
     return rf"^(?!.*\.\.)(runs:/|models:/|mlflow-artifacts:/|s3://{re.escape(bucket)}/|dummy-source$|prompt-template$)"
 
 
+def pool_warning(threads: str, pool_size: str, max_overflow: str) -> str | None:
+    """Why this worker's database pool will open and close connections under
+    load, or None.
+
+    MLflow's `log_batch` holds two connections at once (the run's session,
+    then the metrics' own), so a worker running `threads` requests needs up to
+    two per thread. With fewer, connections past the pool are opened and closed
+    on every call: a fork and a SCRAM handshake in PostgreSQL each time
+    (docs/performance.md, "Why each default"). Empty values are MLflow's
+    defaults (5 and 10); a worker with 0 threads uses Starlette's 40."""
+    pool = int(pool_size) if pool_size.strip().isdigit() else 5
+    overflow = int(max_overflow) if max_overflow.strip().isdigit() else 10
+    running = int(threads) if threads.isdigit() and int(threads) > 0 else 40
+    if pool >= 2 * running:
+        return None
+    return (
+        f"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={pool} keeps fewer than 2 database connections for each of the "
+        f"{running} MLFLOW_WORKER_THREADS: under load the other {2 * running - pool} "
+        f"(up to MAX_OVERFLOW={overflow}) are opened and closed on every call"
+    )
+
+
 def replica_problem(replicas: str, job_execution: str) -> str | None:
     """Why this server must not start as one of MLFLOW_SERVER_REPLICAS, or None.
 
@@ -131,7 +153,7 @@ def main() -> int:
         return die(JOB, f"MLFLOW_DEFAULT_PERMISSION={permission} is not one of {', '.join(PERMISSIONS)}")
     cache_ttl = env("MLFLOW_AUTH_CACHE_TTL_SECONDS", "60")
     workers = env("MLFLOW_WORKERS", str(default_workers()))
-    threads = env("MLFLOW_WORKER_THREADS", "15")
+    threads = env("MLFLOW_WORKER_THREADS", "8")
     for name, value in (
         ("MLFLOW_AUTH_CACHE_TTL_SECONDS", cache_ttl),
         ("MLFLOW_WORKERS", workers),
@@ -153,6 +175,13 @@ def main() -> int:
         return die(JOB, problem)
 
     os.environ["MLFLOW_WORKER_THREADS"] = threads  # read by each worker (app.py)
+    warning = pool_warning(
+        threads,
+        os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", ""),
+        os.environ.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", ""),
+    )
+    if warning:
+        log(JOB, f"warning: {warning}")
     for name in TUNABLES:  # unset when empty: MLflow reads "" as an invalid number
         if not os.environ.get(name, "").strip():
             os.environ.pop(name, None)
