@@ -92,7 +92,7 @@ def tracking_sessions(stack: Stack) -> tuple[int, int]:
 
 
 def test_concurrent_logging_keeps_its_database_connections(
-    stack: Stack, admin: tuple[str, str], tracking: None
+    stack: Stack, admin: tuple[str, str], http: requests.Session, tracking: None
 ) -> None:
     """MLflow's log_batch holds two database connections at once. With fewer
     than two pooled per thread (MLflow's own 5 + 10 against 15 threads, the old
@@ -101,11 +101,9 @@ def test_concurrent_logging_keeps_its_database_connections(
     (docs/performance.md). 16 clients logging at once (every thread of two
     workers) must open no connection that is not kept, and lose no point."""
     base = f"{stack.url}/api/2.0/mlflow"
-    s = requests.Session()
-    s.auth = admin
-    exp = s.post(f"{base}/experiments/create", json={"name": unique("pool")}, timeout=60).json()["experiment_id"]
+    exp = http.post(f"{base}/experiments/create", json={"name": unique("pool")}, timeout=60).json()["experiment_id"]
     runs = [
-        s.post(f"{base}/runs/create", json={"experiment_id": exp}, timeout=60).json()["run"]["info"]["run_id"]
+        http.post(f"{base}/runs/create", json={"experiment_id": exp}, timeout=60).json()["run"]["info"]["run_id"]
         for _ in range(16)
     ]
 
