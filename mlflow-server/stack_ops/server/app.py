@@ -31,8 +31,10 @@ logged-model redactor re-parses them only for a user it could change
 something for (`search.py`; STACK_FAST_SEARCH_RUNS=false turns it off).
 
 Errors of the routes MLflow serves with FastAPI (`/v1/traces`, jobs, gateway)
-come back in MLflow's JSON error shape (`errors.py`). Everything else goes to
-MLflow as it is. (Store errors in MLflow's terms, 404
+come back in MLflow's JSON error shape (`errors.py`). An answer with a
+Content-Length leaves with its headers and body together, so a server killed
+mid-answer never leaves a client half an answer it cannot retry
+(`answers.py`). Everything else goes to MLflow as it is. (Store errors in MLflow's terms, 404
 for a missing object, come from the `s3` artifact repository plugin,
 `store.py`.)
 """
@@ -111,10 +113,12 @@ def create_app() -> StackApp:
     from mlflow.server.auth import create_app as create_basic_auth_app
 
     from stack_ops.server import authcache, guard, history, search
+    from stack_ops.server.answers import WholeAnswers
     from stack_ops.server.errors import JsonErrors
 
-    # Errors of MLflow's FastAPI routes (/v1/traces, jobs, gateway) in MLflow's JSON shape.
-    mlflow_app = JsonErrors(create_basic_auth_app())
+    # Errors of MLflow's FastAPI routes (/v1/traces, jobs, gateway) in MLflow's
+    # JSON shape; a sized answer's headers leave with its body.
+    mlflow_app = WholeAnswers(JsonErrors(create_basic_auth_app()))
     history.install(flask_app)
     search.install(flask_app, auth)
     # An older MLflow (the upgrade test builds this image on 3.10) lacks the
