@@ -370,6 +370,10 @@ def test_configuration_documents_every_variable() -> None:
     assert not missing, f"docs/configuration.md has no row for: {missing}"
     wrong = {v: (d, rows[v]) for v, d in variables.items() if d and f"`{d}`" not in rows[v]}
     assert not wrong, f"defaults in docs/configuration.md differ from the compose files: {wrong}"
+    # A commented example is the default: uncommenting it changes nothing.
+    values = dict(re.findall(r"^# ([A-Z_][A-Z0-9_]*)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    stale = {v: (values[v], d) for v, d in variables.items() if d and "${" not in d and v in values and values[v] != d}
+    assert not stale, f".env.example's commented values differ from the compose defaults: {stale}"
 
 
 def compose_model() -> dict:

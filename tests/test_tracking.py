@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -89,6 +90,62 @@ def tracking_sessions(stack: Stack) -> tuple[int, int]:
         " (SELECT count(*) FROM pg_stat_activity WHERE datname = 'mlflow')",
     ).stdout.split()
     return int(out[0]), int(out[1])
+
+
+# Inside mlflow-server: open connections to the tracking database as its
+# user until that user holds PEAK at once; print how many it held.
+HOLD_CONNECTIONS = """
+import json, sys
+import psycopg2, sqlalchemy
+from stack_ops.common import Settings
+
+url = sqlalchemy.engine.make_url(Settings.from_env().tracking_uri())
+peak = int(sys.argv[1])
+held, refused = [], None
+try:
+    while refused is None:
+        try:
+            c = psycopg2.connect(
+                host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
+            )
+        except psycopg2.OperationalError as e:
+            refused = str(e).strip()
+            break
+        c.autocommit = True  # each count its own snapshot of pg_stat_activity
+        held.append(c)
+        with c.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = current_user")
+            if cur.fetchone()[0] >= peak:
+                break
+    with held[0].cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = current_user")
+        at_once = cur.fetchone()[0]
+finally:
+    for c in held:
+        c.close()
+print(json.dumps({"at_once": at_once, "refused": refused}))
+"""
+
+
+def test_postgres_admits_three_replicas_of_four_workers_at_their_pools_peak(stack: Stack) -> None:
+    """Each worker's pool can hold pool + overflow tracking connections; three
+    replicas (docs/replicas.md) of four workers (the most serve.py starts) hold
+    240 at peak. PostgreSQL's own limit of 100 refused the 101st, and the
+    request that needed it failed. With the pools at that peak the bundled
+    database must admit them all, and still have room (auth store, jobs)."""
+
+    def setting(name: str) -> int:
+        return int(stack.compose("exec", "-T", "mlflow-server", "printenv", name).stdout)
+
+    peak = 3 * 4 * (setting("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE") + setting("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"))
+    assert peak == 240  # the defaults docs/scaling.md counts with
+    out = stack.compose("exec", "-T", "mlflow-server", "python", "-c", HOLD_CONNECTIONS, str(peak), timeout=300).stdout
+    held = json.loads(out.strip().splitlines()[-1])
+    assert held["refused"] is None and held["at_once"] >= peak, held
+    limit = stack.compose(
+        "exec", "-T", "postgres", "psql", "-U", "postgres", "-tA", "-c", "SHOW max_connections"
+    ).stdout.strip()
+    assert int(limit) >= peak + 40, limit  # room beside the peak: auth store, job runner, gc, operators
 
 
 def test_concurrent_logging_keeps_its_database_connections(

@@ -384,3 +384,20 @@ def test_the_server_gets_every_secret_it_refuses_to_start_without(rendered: Rend
     if values:
         key = values["webhook_encryption_key"]
         assert len(key) == 44 and len(base64.urlsafe_b64decode(key)) == 32, key
+
+
+def test_bundled_postgresql_admits_every_server_pool_at_its_peak(rendered: Rendered) -> None:
+    """Each server worker's pool can hold pool + overflow connections; the
+    bundled database must admit all of them at once with room to spare
+    (the auth store, the jobs), or the request that needs one more fails."""
+    if not rendered.has("StatefulSet", "postgresql"):
+        return
+    server = rendered.get("Deployment", "server")
+    env = env_of(containers(server, init=False)[0])
+    hpa = rendered.of_kind("HorizontalPodAutoscaler")
+    pods = hpa[0]["spec"]["maxReplicas"] if hpa else server["spec"]["replicas"]
+    per_worker = int(env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"])
+    peak = pods * int(env["MLFLOW_WORKERS"]) * per_worker
+    args = containers(rendered.get("StatefulSet", "postgresql"))[0]["args"]
+    limit = int(next(a.split("=", 1)[1] for a in args if a.startswith("max_connections=")))
+    assert limit >= peak + 40, (limit, peak)
