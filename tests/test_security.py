@@ -680,3 +680,64 @@ def test_networks_keep_the_stores_inside(stack: Stack) -> None:
         )[0]
         assert net["Internal"] is True, name
         assert net["Options"].get("com.docker.network.bridge.inhibit_ipv4") == "true", name
+
+
+READ_SECRETS = """
+import json, pathlib
+found = {}
+for f in sorted(pathlib.Path("/run/secrets").iterdir()):
+    try:
+        value = f.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        continue
+    if value and "\\n" not in value:
+        found[f.name] = value
+print(json.dumps(found))
+"""
+
+
+def command_lines() -> set[str]:
+    """Every process's command line as any user of the host sees it (`ps`)."""
+    lines = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            lines.add(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
+
+
+def test_no_secret_is_on_any_command_line(stack: Stack) -> None:
+    """Any user of the host sees every container's command lines (not their
+    environment). No secret of the stack may be on one: not the server's
+    database URI, and not during a gc pass, which runs `mlflow gc` with it."""
+    import threading
+    from urllib.parse import quote
+
+    secrets = json.loads(stack.python_in("mlflow-server", READ_SECRETS))
+    assert {"mlflow_db_password", "auth_db_password", "mlflow_admin_password"} <= set(secrets), sorted(secrets)
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            seen.update(command_lines())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        proc = stack.compose(
+            "exec", "-T", "gc", "/opt/stack/entrypoint.sh", "gc", "--once", "--older-than", "30d", timeout=300
+        )
+    finally:
+        stop.set()
+        sampler.join()
+    assert "pass done" in proc.stdout + proc.stderr
+    # The sampler saw this stack's server and the gc pass's own process.
+    assert any("mlflow server" in line and "--app-name stack" in line for line in seen)
+    assert any("STACK_GC_BACKEND_STORE_URI" in line for line in seen)
+    leaked = sorted(
+        name
+        for name, value in secrets.items()
+        if len(value) >= 8 and any(value in line or quote(value, safe="") in line for line in seen)
+    )
+    assert leaked == [], f"on a command line: {leaked}"

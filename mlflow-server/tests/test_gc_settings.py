@@ -109,6 +109,49 @@ def test_with_workspaces_on_every_workspace_is_swept(
     monkeypatch.setenv("POSTGRES_HOST", "db")
     monkeypatch.setattr(Settings, "tracking_uri", lambda self: "postgresql://db/mlflow")
     assert gc.run_gc(Settings.from_env(), "7d", workspaces)
-    assert calls[0][:2] == ["mlflow", "gc"]
+    assert calls[0][1:3] == ["-c", gc.MLFLOW_GC]
     assert calls[0][calls[0].index("--older-than") + 1] == "7d"
     assert [a for a in calls[0] if a == "--all-workspaces"] == swept
+
+
+def test_gc_takes_the_database_uri_from_its_environment_not_its_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Every user of the host sees a container's command lines in `ps`: the
+    URI, password included, reaches `mlflow gc` through the environment, and
+    MLflow's own gc command receives it."""
+    import os
+    import subprocess
+    import sys
+
+    from stack_ops.common import Settings
+
+    uri = "postgresql+psycopg2://mlflow:S3cret%40x@db:5432/mlflow"
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append((args, kwargs["env"]))
+        return subprocess.CompletedProcess(args, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(gc.subprocess, "run", fake_run)
+    monkeypatch.setattr(gc, "_env", lambda settings: {"PATH": "/usr/bin"})
+    monkeypatch.setenv("POSTGRES_HOST", "db")
+    monkeypatch.setattr(Settings, "tracking_uri", lambda self: uri)
+    assert gc.run_gc(Settings.from_env(), "7d")
+    ((args, environment),) = calls
+    assert not [a for a in args if "S3cret" in a or "postgresql" in a]
+    assert environment["STACK_GC_BACKEND_STORE_URI"] == uri
+    # The program hands it to MLflow's own gc: here on a SQLite store, which
+    # it creates at that URI (and nothing on the command line names it).
+    monkeypatch.undo()  # the real subprocess.run again
+    store = tmp_path / "gc.db"
+    environment["STACK_GC_BACKEND_STORE_URI"] = f"sqlite:///{store}"
+    proc = subprocess.run(
+        [sys.executable, "-c", gc.MLFLOW_GC, "--tracking-uri", "http://127.0.0.1:9", "--older-than", "7d"],
+        env={**os.environ, **environment, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert store.stat().st_size > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import stat
 from pathlib import Path
@@ -266,3 +267,34 @@ def test_mlflow_log_batch_holds_two_connections_at_once(tmp_path):
     assert peak[0] == 2
     assert out[0] == 0
     assert [m.value for m in store.get_metric_history(run.info.run_id, "m")] == [1.0]
+
+
+def test_the_database_password_is_never_on_the_servers_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secrets_dir: dict[str, str]
+) -> None:
+    """Every user of the host sees a container's command lines in `ps`; the
+    URI, password included, goes to `mlflow server` through its environment."""
+    from mlflow.cli import server as mlflow_server
+
+    for name in ("mlflow_db_password", "flask_secret_key", "kek_passphrase", "webhook_encryption_key"):
+        (common.SECRETS_DIR / name).write_text(f"{name}-S3cret%@x\n")
+    for name in ("s3_access_key", "s3_secret_key"):
+        (common.SECRETS_DIR / name).write_text(f"{name}-value\n")
+    monkeypatch.setattr(serve, "AUTH_INI", tmp_path / "basic_auth.ini")
+    monkeypatch.setattr(serve, "METRICS_DIR", tmp_path / "prometheus")
+    monkeypatch.setattr(serve, "addresses_with_recent_failures", lambda: 0)
+    monkeypatch.setenv("POSTGRES_HOST", "db")
+    monkeypatch.setenv("MLFLOW_SERVER_REPLICAS", "1")
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    started = []
+    monkeypatch.setattr(serve.os, "execvp", lambda *a: started.append(a))
+    serve.main()
+    ((program, args),) = started
+    uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
+    assert "mlflow_db_password-S3cret" in common.Settings.from_env().tracking_uri() and uri.startswith("postgresql")
+    assert "--backend-store-uri" not in args
+    assert not [a for a in args if "S3cret" in a or "postgresql" in a]
+    # MLflow's `server` command takes it from there.
+    i = args.index("--app-name")  # the `stack` app is an entry point of the image, not of this venv
+    options = list(args[2:i] + args[i + 2 :])
+    assert mlflow_server.make_context("server", options).params["backend_store_uri"] == uri

@@ -28,19 +28,29 @@ SERVER = "http://mlflow-server:5000"
 RETENTION = re.compile(r"^(\d+d)?(\d+h)?(\d+m)?(\d+s)?$")
 
 
+# `mlflow gc`, with its database URI (and password) taken from the environment:
+# MLflow's gc reads it only as an argument, and an argument is on the process
+# list every user of the host sees in `ps`.
+MLFLOW_GC = (
+    "import os, sys; from mlflow.cli import cli; "
+    "sys.argv[1:1] = ['gc', '--backend-store-uri', os.environ.pop('STACK_GC_BACKEND_STORE_URI')]; "
+    "cli(prog_name='mlflow')"
+)
+
+
 def run_gc(settings: Settings, older_than: str, workspaces: bool = False) -> bool:
     # Rows are deleted in the database directly; artifacts (mlflow-artifacts:/
     # URIs) through the server's proxy, as admin (only admins may delete any run's files).
     args = [
-        "mlflow", "gc",
-        "--backend-store-uri", settings.tracking_uri(),
+        sys.executable, "-c", MLFLOW_GC,
         "--tracking-uri", SERVER,
         "--older-than", older_than,
     ]  # fmt: skip
     if workspaces:  # MLflow's gc sees one workspace unless told otherwise
         args.append("--all-workspaces")
     started = time.monotonic()
-    proc = subprocess.run(args, capture_output=True, text=True, env=_env(settings))
+    environment = {**_env(settings), "STACK_GC_BACKEND_STORE_URI": settings.tracking_uri()}
+    proc = subprocess.run(args, capture_output=True, text=True, env=environment)
     took = time.monotonic() - started
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

@@ -218,13 +218,16 @@ def main() -> int:
     # runs/models MLflow resolves there); never file:, other buckets or `..`.
     os.environ["MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX"] = source_regex(settings.bucket)
 
+    # The database URI holds its password: in the environment (which `mlflow
+    # server` reads, and only this user can see), never on the command line,
+    # which every user of the host sees in `ps`.
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = tracking_uri
     hosts = allowed_hosts(env("MLFLOW_PUBLIC_HOSTNAMES", "localhost,127.0.0.1"))
     args = [
         "mlflow", "server",
         "--host", "0.0.0.0",
         "--port", "5000",
         "--workers", workers,
-        "--backend-store-uri", tracking_uri,
         "--serve-artifacts",
         "--artifacts-destination", f"s3://{settings.bucket}/",
         # MLflow's basic-auth app plus the artifact decision nginx asks for
