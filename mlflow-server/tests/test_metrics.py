@@ -158,6 +158,28 @@ def test_an_exception_counts_as_a_500_and_still_propagates() -> None:
     assert after == (before[0] + 1, before[1] + 1, before[2] + 1)
 
 
+def test_a_request_is_counted_before_its_client_has_the_answer() -> None:
+    """The app returns after its last bytes are sent (MLflow's WSGI bridge: a
+    thread hop later); a client that reads /metrics right after its answer
+    must find it counted."""
+    seen_at_last_byte = []
+
+    async def answer(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+        await asyncio.sleep(0.01)  # the bridge's thread finishing
+
+    async def client_side(message):
+        if message["type"] == "http.response.body":
+            seen_at_last_byte.append(count("GET", "/unit/early", "200"))
+
+    before = count("GET", "/unit/early", "200")
+    app = metrics.RequestMetrics(answer, lambda scope: "/unit/early")
+    asyncio.run(app({"type": "http", "method": "GET", "path": "/unit/early"}, None, client_side))
+    assert seen_at_last_byte == [before + 1]
+    assert count("GET", "/unit/early", "200") == before + 1  # once, not again when the app returns
+
+
 def test_unknown_methods_share_one_label() -> None:
     assert metrics.method_label("get") == "GET"
     assert metrics.method_label("PROPFIND") == "other"

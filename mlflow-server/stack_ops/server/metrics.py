@@ -117,25 +117,39 @@ class RequestMetrics:
             return
         start = self.clock()
         status = 500
+        recorded = False
 
-        async def send_and_watch(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_watch)
-        except BaseException:
-            status = 500
-            raise
-        finally:
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
             method = method_label(scope.get("method", ""))
             route = self.templates(scope)  # after routing: scope["route"] is set
             REQUESTS.labels(method, route, str(status)).inc()
             LATENCY.labels(method, route).observe(max(0.0, self.clock() - start))
             if status >= 500:
                 ERRORS.labels(method, route).inc()
+
+        async def send_and_watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the answer's last bytes leave: a client that
+                # has its answer and then reads /metrics finds it counted
+                # (the app itself returns a thread hop later).
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except BaseException:
+            if not recorded:
+                status = 500
+            raise
+        finally:
+            record()
 
 
 def exposition() -> bytes:
