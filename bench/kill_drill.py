@@ -88,12 +88,10 @@ print(json.dumps({
 
 
 def connect(project: str) -> tuple[Stack, str, str, str]:
-    probe = Stack(project=project, port=0)
-    port = int(probe.compose("port", "nginx", "8080").stdout.strip().rsplit(":", 1)[1])
-    stack = Stack(project=project, port=port)
+    stack = Stack.attach(project)
     user = stack.compose("exec", "-T", "mlflow-server", "printenv", "MLFLOW_ADMIN_USERNAME").stdout.strip()
     password = stack.secret("mlflow_admin_password")
-    container = stack.compose("ps", "-q", "mlflow-server").stdout.split()[0]
+    container = stack.running()["mlflow-server"]
     return stack, user, password, container
 
 

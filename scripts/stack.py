@@ -102,6 +102,14 @@ class Stack:
         """The stack an operator's command acts on: their environment decides."""
         return cls(project=None)
 
+    @classmethod
+    def attach(cls, project: str) -> Stack:
+        """A stack that is already up, by its compose project name, on the
+        port its nginx publishes."""
+        probe = cls(project=project, port=0)
+        port = int(probe.compose("port", "nginx", "8080").stdout.strip().rsplit(":", 1)[1])
+        return cls(project=project, port=port)
+
     def sibling(self, prefix: str, **env: str) -> Stack:
         """A second copy beside this one: same settings (images, variables), its
         own project name, port and volumes. `env` overrides settings for it."""

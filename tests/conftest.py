@@ -38,9 +38,7 @@ def pytest_runtest_makereport(item, call):  # record failures for the teardown
 def stack(request) -> Iterator[Stack]:
     existing = os.environ.get("MLFLOW_STACK_PROJECT")
     if existing:
-        probe = Stack(project=existing, port=0)
-        port = int(probe.compose("port", "nginx", "8080").stdout.strip().rsplit(":", 1)[1])
-        yield Stack(project=existing, port=port)
+        yield Stack.attach(existing)
         return
 
     stack = Stack(

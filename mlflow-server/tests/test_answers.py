@@ -159,7 +159,6 @@ def test_an_error_before_the_body_sends_nothing_so_the_server_answers_500():
 
 
 def test_trailers_extensions_and_other_scopes_pass_through():
-    trailing = sized(b"ok", extra=())
 
     async def with_trailers(scope, receive, send):
         start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
@@ -186,7 +185,7 @@ def test_trailers_extensions_and_other_scopes_pass_through():
 
     sent = run(WholeAnswers(lifespan), scope={"type": "lifespan"})
     assert seen == ["lifespan"] and [m["type"] for _, m in sent] == ["lifespan.startup.complete"]
-    assert run(WholeAnswers(trailing))[1][1]["body"] == b"ok"
+    assert run(WholeAnswers(sized(b"ok")))[1][1]["body"] == b"ok"
 
 
 @pytest.mark.parametrize(
