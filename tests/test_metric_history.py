@@ -1,6 +1,8 @@
 """Metric history comes from the stack's fast view (mlflow-server/stack_ops/server/history.py):
 the same bytes MLflow's own view writes for the same stored points, every page, every
-odd value, every error; behind MLflow's authorization; read back whole by MlflowClient."""
+odd value, every error; for a teammate, the bytes a plain MLflow server with basic auth
+(and its redactor) answers them, denied logged models or not; behind MLflow's
+authorization; read back whole by MlflowClient."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import urllib.parse
 import pytest
 import requests
 
-from stack import Stack, unique
+import plain_mlflow
+from stack import Stack, new_account, unique
 
 HISTORY = "/api/2.0/mlflow/metrics/get-history"
 
@@ -156,3 +159,65 @@ def test_mlflow_s_authorization_still_decides(stack: Stack, http: requests.Sessi
     assert denied.status_code == 403
     assert "metrics" not in denied.text
     assert requests.get(f"{stack.url}{HISTORY}?{query}", timeout=60).status_code == 401
+
+
+@pytest.fixture(scope="module")
+def linked(tracking, logged: dict) -> dict:
+    """Points of `val` logged against a logged model of the run's experiment (what basic
+    auth's history redactor would withhold from a user denied logged models)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    model = client.create_logged_model(logged["experiment_id"], name="linked", source_run_id=logged["run_id"])
+    now = int(time.time() * 1000)
+    points = [Metric("val", i / 7, now + i, i, model_id=model.model_id, run_id=logged["run_id"]) for i in range(500)]
+    client.log_batch(logged["run_id"], metrics=points)
+    return {"model_id": model.model_id}
+
+
+@pytest.fixture(scope="module")
+def readers(stack: Stack, http: requests.Session) -> dict:
+    """A teammate with the default permissions, and one denied every logged model."""
+    denied = new_account(stack.url, http, "nomodels")
+    grant = {"username": denied[0], "resource_type": "logged_model", "resource_id": "*", "permission": "DENY"}
+    r = http.post(f"{stack.url}/api/3.0/mlflow/users/permissions/grant", json=grant, timeout=30)
+    assert r.status_code == 200, r.text
+    time.sleep(1)  # the grant reaches every worker's cache
+    return {"teammate": new_account(stack.url, http, "reader"), "denied": denied}
+
+
+@pytest.mark.parametrize("who", ["teammate", "denied"])
+def test_a_teammate_gets_what_a_plain_mlflow_answers_them(
+    stack: Stack, logged: dict, linked: dict, readers: dict, who: str
+) -> None:
+    user, run_id = readers[who], logged["run_id"]
+    queries = [
+        urllib.parse.urlencode({"run_id": run_id, "metric_key": "val"}),
+        urllib.parse.urlencode({"run_id": run_id, "metric_key": "val", "max_results": 200}),
+        urllib.parse.urlencode({"run_id": run_id, "metric_key": "loss", "max_results": 3000}),
+        urllib.parse.urlencode({"run_id": run_id, "metric_key": "loss", "max_results": 0}),  # an error
+    ]
+    first = json.loads(requests.get(f"{stack.url}{HISTORY}?{queries[1]}", auth=user, timeout=60).text)
+    queries.append(
+        urllib.parse.urlencode({"run_id": run_id, "metric_key": "val", "page_token": first["next_page_token"]})
+    )
+    calls = [("GET", HISTORY, q) for q in queries] + [("GET", "/ajax-api/2.0/mlflow/metrics/get-history", queries[0])]
+    theirs = plain_mlflow.answers(stack, user, calls)
+    ours = []
+    for _, path, query in calls:
+        r = requests.get(f"{stack.url}{path}?{query}", auth=user, timeout=120)
+        ours.append([r.status_code, r.text])
+    for call, mine, mlflow in zip(calls, ours, theirs, strict=True):
+        assert mine == mlflow, call
+    assert [status for status, _ in ours] == [200, 200, 200, 400, 200, 200]
+    points = json.loads(ours[0][1])["metrics"]
+    assert len(points) == 500 and [p["step"] for p in points] == list(range(500))
+    assert len(json.loads(ours[2][1])["metrics"]) == 3000
+    assert len(json.loads(ours[1][1])["metrics"]) + len(json.loads(ours[4][1])["metrics"]) == 500
+    assert linked["model_id"] not in "".join(body for _, body in ours)
+
+
+def test_the_server_serves_history_with_the_stack_s_view_and_redactor(stack: Stack) -> None:
+    got = plain_mlflow.installed(stack, "_get_metric_history", HISTORY, "GET")
+    assert got == "stack_ops.server.history stack_ops.server.history"

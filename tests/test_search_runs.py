@@ -12,47 +12,10 @@ import time
 import pytest
 import requests
 
+import plain_mlflow
 from stack import Stack, new_account, unique
 
 SEARCH = "/api/2.0/mlflow/runs/search"
-
-# A plain MLflow server's answers, run inside the server container on the stack's databases:
-# MLflow's own basic-auth app (its views, its permission checks and its after-request redactor,
-# none of the stack's app) on MLflow's Flask app, through Flask's test client, signed in as the
-# user given on stdin.
-PLAIN_MLFLOW = """
-import base64, json, os, sys
-from stack_ops.common import Settings, read_secret
-from stack_ops.server import serve
-os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
-os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(serve.AUTH_INI)
-from mlflow.server import app, handlers
-from mlflow.server.auth import create_app
-handlers._get_tracking_store(Settings.from_env().tracking_uri(), "s3://unused")
-create_app(app)
-client = app.test_client()
-user, password, bodies = json.loads(sys.stdin.readline())
-headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-out = []
-for path, body in bodies:
-    r = client.post(path, json=body, headers=headers)
-    out.append([r.status_code, r.get_data(as_text=True)])
-print(json.dumps(out))
-"""
-
-# Which search view and redactor the server's app factory installs, in the server's own environment.
-INSTALLED = """
-import os
-from stack_ops.common import read_secret
-from stack_ops.server import serve
-os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
-os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(serve.AUTH_INI)
-from mlflow.server import app, auth
-from stack_ops.server.app import create_app
-create_app()
-redactor = auth.AFTER_REQUEST_HANDLERS[("/api/2.0/mlflow/runs/search", "POST")]
-print(app.view_functions["_search_runs"].__module__, redactor.__module__)
-"""
 
 ODD_VALUES = [math.nan, math.inf, -math.inf, 0.0, -0.0, 5e-324, 1e308, 1 / 3, -42.125]
 ODD_TEXT = ["plain", "ünïcødé ключ", 'quote"and\\slash', "tab\there", "emoji 🚀"]
@@ -115,20 +78,6 @@ def seeded(stack: Stack, http: requests.Session, tracking) -> dict:
     }
 
 
-def plain_mlflow(stack: Stack, user: tuple[str, str], bodies: list[tuple[str, dict]]) -> list[list]:
-    out = stack.compose(
-        "exec",
-        "-T",
-        "mlflow-server",
-        "python",
-        "-c",
-        PLAIN_MLFLOW,
-        input=json.dumps([*user, bodies]) + "\n",
-        timeout=300,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def the_stack(stack: Stack, user: tuple[str, str], path: str, body: dict) -> list:
     r = requests.post(f"{stack.url}{path}", json=body, auth=user, timeout=120)
     return [r.status_code, r.text]
@@ -180,7 +129,7 @@ def test_every_answer_is_byte_for_byte_a_plain_mlflow_s(stack: Stack, admin, see
     assert len(walk) == math.ceil(RUNS / 7)
     bodies = [(SEARCH, b) for b in queries(exp) + walk]
     bodies.append(("/ajax-api/2.0/mlflow/runs/search", queries(exp)[1]))  # the UI's path
-    theirs = plain_mlflow(stack, user, bodies)
+    theirs = plain_mlflow.answers(stack, user, [("POST", path, body) for path, body in bodies])
     ours = [the_stack(stack, user, path, body) for path, body in bodies]
     for (path, body), mine, mlflow in zip(bodies, ours, theirs, strict=True):
         assert mine == mlflow, (path, body)
@@ -193,8 +142,8 @@ def test_every_answer_is_byte_for_byte_a_plain_mlflow_s(stack: Stack, admin, see
 
 
 def test_the_server_serves_search_with_the_stack_s_view_and_redactor(stack: Stack) -> None:
-    out = stack.compose("exec", "-T", "mlflow-server", "python", "-c", INSTALLED, timeout=120).stdout
-    assert out.strip().splitlines()[-1] == "stack_ops.server.search stack_ops.server.search"
+    got = plain_mlflow.installed(stack, "_search_runs", SEARCH, "POST")
+    assert got == "stack_ops.server.search stack_ops.server.search"
 
 
 def test_bad_searches_get_mlflow_s_errors_and_change_nothing(stack: Stack, seeded: dict) -> None:
@@ -210,7 +159,7 @@ def test_bad_searches_get_mlflow_s_errors_and_change_nothing(stack: Stack, seede
         {"experiment_ids": exp},
     ]
     before = the_stack(stack, user, SEARCH, {"experiment_ids": [exp], "run_view_type": "ALL"})
-    theirs = plain_mlflow(stack, user, [(SEARCH, b) for b in bad])
+    theirs = plain_mlflow.answers(stack, user, [("POST", SEARCH, b) for b in bad])
     for body, mlflow in zip(bad, theirs, strict=True):
         mine = the_stack(stack, user, SEARCH, body)
         assert mine == mlflow, body

@@ -119,7 +119,7 @@ def create_app() -> StackApp:
     # Errors of MLflow's FastAPI routes (/v1/traces, jobs, gateway) in MLflow's
     # JSON shape; a sized answer's headers leave with its body.
     mlflow_app = WholeAnswers(JsonErrors(create_basic_auth_app()))
-    history.install(flask_app)
+    history.install(flask_app, auth)
     search.install(flask_app, auth)
     # An older MLflow (the upgrade test builds this image on 3.10) lacks the
     # auth cache setting or the lookups the caches wrap: it runs uncached.
