@@ -33,10 +33,11 @@ for method, path, payload in calls:
 print(json.dumps(out))
 """
 
-# Which view and after-request redactor the server's app factory installs for an
-# endpoint and route, in the server's own environment: "<view's module> <redactor's module>".
+# What the server's app factory sets up, in the server's own environment: the view and the
+# after-request redactor of an endpoint and route (their modules), and how many objects it
+# moved out of the garbage collector's reach (app.frozen).
 INSTALLED = """
-import os, sys
+import gc, json, os, sys
 from stack_ops.common import read_secret
 from stack_ops.server import serve
 os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = read_secret("flask_secret_key")
@@ -45,7 +46,11 @@ from mlflow.server import app, auth
 from stack_ops.server.app import create_app
 create_app()
 endpoint, path, method = sys.argv[1:4]
-print(app.view_functions[endpoint].__module__, auth.AFTER_REQUEST_HANDLERS[(path, method)].__module__)
+print(json.dumps({
+    "view": app.view_functions[endpoint].__module__,
+    "redactor": auth.AFTER_REQUEST_HANDLERS[(path, method)].__module__,
+    "frozen": gc.get_freeze_count(),
+}))
 """
 
 
@@ -64,8 +69,8 @@ def answers(stack: Stack, user: tuple[str, str], calls: list[tuple[str, str, obj
     return json.loads(out.strip().splitlines()[-1])
 
 
-def installed(stack: Stack, endpoint: str, path: str, method: str) -> str:
+def installed(stack: Stack, endpoint: str, path: str, method: str) -> dict:
     out = stack.compose(
         "exec", "-T", "mlflow-server", "python", "-c", INSTALLED, endpoint, path, method, timeout=120
     ).stdout
-    return out.strip().splitlines()[-1]
+    return json.loads(out.strip().splitlines()[-1])

@@ -220,4 +220,4 @@ def test_a_teammate_gets_what_a_plain_mlflow_answers_them(
 
 def test_the_server_serves_history_with_the_stack_s_view_and_redactor(stack: Stack) -> None:
     got = plain_mlflow.installed(stack, "_get_metric_history", HISTORY, "GET")
-    assert got == "stack_ops.server.history stack_ops.server.history"
+    assert (got["view"], got["redactor"]) == ("stack_ops.server.history", "stack_ops.server.history")
