@@ -46,6 +46,18 @@ def env(name: str, default: str) -> str:
     return value or default
 
 
+def switch_on(name: str) -> bool:
+    """A stack switch that is on unless set to false, 0, no or off (any case)."""
+    return os.environ.get(name, "true").strip().lower() not in ("false", "0", "no", "off")
+
+
+def swap_after_request(auth, original, replacement) -> None:
+    """Put `replacement` wherever basic auth's after-request table has `original`."""
+    for key, handler in list(auth.AFTER_REQUEST_HANDLERS.items()):
+        if handler is original:
+            auth.AFTER_REQUEST_HANDLERS[key] = replacement
+
+
 def workspaces_enabled() -> bool:
     """MLFLOW_ENABLE_WORKSPACES (true/false/1/0, any case; empty or unset: off),
     left in the environment as `true` or `false`, the way this process's MLflow

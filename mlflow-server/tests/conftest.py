@@ -30,6 +30,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -140,3 +141,21 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture
+def auth(monkeypatch: pytest.MonkeyPatch):
+    """MLflow's basic-auth module, with who is asking and what they are denied set by
+    the test (the redactor tests of search.py and history.py)."""
+    from mlflow.server import auth
+
+    who = SimpleNamespace(admin=False, denied=set(), asked=[])
+    monkeypatch.setattr(auth, "sender_is_admin", lambda: who.admin)
+    monkeypatch.setattr(auth, "authenticate_request", lambda: SimpleNamespace(username="alice"))
+
+    def denied(username, types):
+        who.asked.append((username, tuple(types)))
+        return {t for t in types if t in who.denied}
+
+    monkeypatch.setattr(auth, "_denied_sibling_tiers", denied)
+    return SimpleNamespace(module=auth, who=who)

@@ -106,18 +106,6 @@ def test_an_mlflow_without_the_redactor_still_gets_the_view(monkeypatch: pytest.
 
 
 # --- basic auth's redactor --------------------------------------------------------------
-@pytest.fixture
-def auth(monkeypatch: pytest.MonkeyPatch):
-    """MLflow's auth module, with who is asking and what they are denied set by the test."""
-    from mlflow.server import auth
-
-    who = SimpleNamespace(admin=False, denied=set())
-    monkeypatch.setattr(auth, "sender_is_admin", lambda: who.admin)
-    monkeypatch.setattr(auth, "authenticate_request", lambda: SimpleNamespace(username="alice"))
-    monkeypatch.setattr(auth, "_denied_sibling_tiers", lambda username, types: {t for t in types if t in who.denied})
-    return SimpleNamespace(module=auth, who=who)
-
-
 def fast_answer(rows) -> Response:
     """An answer as the fast view writes it."""
     response = Response(history.render("loss", rows, "tok"), mimetype="application/json")

@@ -224,23 +224,6 @@ def test_the_view_follows_mlflow_s_page_tokens(store, monkeypatch: pytest.Monkey
 
 
 # --- the redactor -----------------------------------------------------------------------
-@pytest.fixture
-def auth(monkeypatch: pytest.MonkeyPatch):
-    """MLflow's auth module, with who is asking and what they are denied set by the test."""
-    from mlflow.server import auth
-
-    who = SimpleNamespace(admin=False, denied=set(), asked=[])
-    monkeypatch.setattr(auth, "sender_is_admin", lambda: who.admin)
-    monkeypatch.setattr(auth, "authenticate_request", lambda: SimpleNamespace(username="alice"))
-
-    def denied(username, types):
-        who.asked.append((username, tuple(types)))
-        return {t for t in types if t in who.denied}
-
-    monkeypatch.setattr(auth, "_denied_sibling_tiers", denied)
-    return SimpleNamespace(module=auth, who=who)
-
-
 def answer(linked: bool) -> Response:
     return Response(message_to_json(a_response(40, 5, linked=linked)), mimetype="application/json")
 

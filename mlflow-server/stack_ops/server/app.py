@@ -165,9 +165,10 @@ def frozen(app):
     that builds many objects (a search of 1,000 runs) sets one off every few
     requests. STACK_GC_FREEZE=false leaves the collector as Python sets it."""
     import gc
-    import os
 
-    if os.environ.get("STACK_GC_FREEZE", "true").strip().lower() in ("false", "0", "no", "off"):
+    from stack_ops.common import switch_on
+
+    if not switch_on("STACK_GC_FREEZE"):
         return app
     gc.collect()
     gc.freeze()

@@ -38,8 +38,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
+
+from stack_ops.common import swap_after_request, switch_on
 
 _logger = logging.getLogger("stack_ops.server.history")
 
@@ -53,7 +54,7 @@ SQL = (
 
 
 def enabled() -> bool:
-    return os.environ.get("STACK_FAST_METRIC_HISTORY", "true").strip().lower() not in ("false", "0", "no", "off")
+    return switch_on("STACK_FAST_METRIC_HISTORY")
 
 
 def render(key: str, rows, next_page_token: str | None) -> str:
@@ -163,11 +164,7 @@ def install(flask_app, auth) -> bool:
         return False
     flask_app.view_functions[ENDPOINT] = make_view(original)
     redactor = getattr(auth, "redact_metric_history_model_ids", None)
-    handlers = getattr(auth, "AFTER_REQUEST_HANDLERS", None)
-    if redactor is None or handlers is None:
+    if redactor is None or not hasattr(auth, "AFTER_REQUEST_HANDLERS"):
         return True  # an MLflow without it (3.10) parses nothing after the view
-    fast = make_redactor(redactor)
-    for key, handler in list(handlers.items()):
-        if handler is redactor:
-            handlers[key] = fast
+    swap_after_request(auth, redactor, make_redactor(redactor))
     return True

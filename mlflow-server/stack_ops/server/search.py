@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _string
 
 from google.protobuf.descriptor import FieldDescriptor
+
+from stack_ops.common import swap_after_request, switch_on
 
 _logger = logging.getLogger("stack_ops.server.search")
 
@@ -77,7 +78,7 @@ class Unsupported(Exception):
 
 
 def enabled() -> bool:
-    return os.environ.get("STACK_FAST_SEARCH_RUNS", "true").strip().lower() not in ("false", "0", "no", "off")
+    return switch_on("STACK_FAST_SEARCH_RUNS")
 
 
 def _is_repeated(field) -> bool:
@@ -234,8 +235,5 @@ def install(flask_app, auth) -> bool:
         _logger.warning("run search through MLflow's own view: this MLflow lacks what the fast one is built from")
         return False
     flask_app.view_functions[ENDPOINT] = view
-    fast = make_redactor(auth, redactor)
-    for key, handler in list(auth.AFTER_REQUEST_HANDLERS.items()):
-        if handler is redactor:
-            auth.AFTER_REQUEST_HANDLERS[key] = fast
+    swap_after_request(auth, redactor, make_redactor(auth, redactor))
     return True
