@@ -34,8 +34,8 @@ print(json.dumps(out))
 """
 
 # What the server's app factory sets up, in the server's own environment: the view and the
-# after-request redactor of an endpoint and route (their modules), and how many objects it
-# moved out of the garbage collector's reach (app.frozen).
+# after-request redactor of an endpoint and route (their modules; None when the route has no
+# redactor), and how many objects it moved out of the garbage collector's reach (app.frozen).
 INSTALLED = """
 import gc, json, os, sys
 from stack_ops.common import read_secret
@@ -46,9 +46,10 @@ from mlflow.server import app, auth
 from stack_ops.server.app import create_app
 create_app()
 endpoint, path, method = sys.argv[1:4]
+redactor = auth.AFTER_REQUEST_HANDLERS.get((path, method))
 print(json.dumps({
     "view": app.view_functions[endpoint].__module__,
-    "redactor": auth.AFTER_REQUEST_HANDLERS[(path, method)].__module__,
+    "redactor": redactor.__module__ if redactor else None,
     "frozen": gc.get_freeze_count(),
 }))
 """

@@ -156,7 +156,9 @@ def test_concurrent_logging_keeps_its_database_connections(
     default), a worker under load opened and closed a connection on most calls,
     and PostgreSQL forked a backend and ran a SCRAM handshake for each one
     (docs/performance.md). 16 clients logging at once (every thread of two
-    workers) must open no connection that is not kept, and lose no point."""
+    workers) must open no connection that is not kept, and lose no point. Each
+    batch carries a tag, so that MLflow's store writes it (metrics alone take
+    the stack's one-connection path, tests/test_log_batch.py)."""
     base = f"{stack.url}/api/2.0/mlflow"
     exp = http.post(f"{base}/experiments/create", json={"name": unique("pool")}, timeout=60).json()["experiment_id"]
     runs = [
@@ -173,7 +175,8 @@ def test_concurrent_logging_keeps_its_database_connections(
                 {"key": f"m{k}", "value": step + k / 10, "timestamp": 1_700_000_000_000 + step, "step": step}
                 for k in range(10)
             ]
-            r = c.post(f"{base}/runs/log-batch", json={"run_id": run_id, "metrics": metrics}, timeout=120)
+            batch = {"run_id": run_id, "metrics": metrics, "tags": [{"key": "phase", "value": f"step {step}"}]}
+            r = c.post(f"{base}/runs/log-batch", json=batch, timeout=120)
             statuses.append(r.status_code)
         return statuses
 
@@ -199,3 +202,4 @@ def test_concurrent_logging_keeps_its_database_connections(
         history = client.get_metric_history(run_id, "m3")
         assert sorted((m.step, m.value) for m in history) == [(step, step + 0.3) for step in range(40)]
         assert client.get_run(run_id).data.metrics["m9"] == 39.9
+        assert client.get_run(run_id).data.tags["phase"] == "step 39"

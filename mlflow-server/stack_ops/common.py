@@ -51,6 +51,20 @@ def switch_on(name: str) -> bool:
     return os.environ.get(name, "true").strip().lower() not in ("false", "0", "no", "off")
 
 
+def swap_view(flask_app, endpoint: str, switch: str, make_view, logger) -> bool:
+    """Serve Flask `endpoint` with make_view(MLflow's view) unless the stack
+    switch `switch` is off or this MLflow has no such endpoint; whether it did."""
+    if not switch_on(switch):
+        logger.info("%s: MLflow's own view (%s=false)", endpoint, switch)
+        return False
+    original = flask_app.view_functions.get(endpoint)
+    if original is None:
+        logger.warning("%s: MLflow's own view (this MLflow has no such endpoint)", endpoint)
+        return False
+    flask_app.view_functions[endpoint] = make_view(original)
+    return True
+
+
 def swap_after_request(auth, original, replacement) -> None:
     """Put `replacement` wherever basic auth's after-request table has `original`."""
     for key, handler in list(auth.AFTER_REQUEST_HANDLERS.items()):

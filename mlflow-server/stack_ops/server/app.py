@@ -31,6 +31,9 @@ off). Run search
 answers are written in one pass, byte for byte MLflow's, and MLflow's
 logged-model redactor re-parses them only for a user it could change
 something for (`search.py`; STACK_FAST_SEARCH_RUNS=false turns it off).
+A `log_batch` of metrics alone is written in one transaction, the rows MLflow's
+store writes, behind MLflow's own parsing, validation and authorization
+(`logbatch.py`; STACK_FAST_LOG_BATCH=false turns it off).
 
 Once built, each worker's app and everything imported to build it are moved
 out of the garbage collector's reach (`frozen`; STACK_GC_FREEZE=false turns
@@ -118,7 +121,7 @@ def create_app() -> StackApp:
     from mlflow.server import auth
     from mlflow.server.auth import create_app as create_basic_auth_app
 
-    from stack_ops.server import authcache, guard, history, search
+    from stack_ops.server import authcache, guard, history, logbatch, search
     from stack_ops.server.answers import WholeAnswers
     from stack_ops.server.errors import JsonErrors
 
@@ -127,6 +130,7 @@ def create_app() -> StackApp:
     mlflow_app = WholeAnswers(JsonErrors(create_basic_auth_app()))
     history.install(flask_app, auth)
     search.install(flask_app, auth)
+    logbatch.install(flask_app)
     # An older MLflow (the upgrade test builds this image on 3.10) lacks the
     # auth cache setting or the lookups the caches wrap: it runs uncached.
     # The lockout's failed sign-ins ride on the cache's listener; with the

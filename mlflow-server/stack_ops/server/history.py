@@ -40,7 +40,7 @@ import logging
 import math
 from collections.abc import Callable
 
-from stack_ops.common import swap_after_request, switch_on
+from stack_ops.common import swap_after_request, swap_view
 
 _logger = logging.getLogger("stack_ops.server.history")
 
@@ -51,10 +51,6 @@ SQL = (
     "SELECT value, timestamp, step, is_nan FROM metrics WHERE run_uuid = %s AND key = %s"
     " ORDER BY timestamp, step, value OFFSET %s"
 )
-
-
-def enabled() -> bool:
-    return switch_on("STACK_FAST_METRIC_HISTORY")
 
 
 def render(key: str, rows, next_page_token: str | None) -> str:
@@ -155,14 +151,8 @@ def make_redactor(original: Callable) -> Callable:
 def install(flask_app, auth) -> bool:
     """Serve metric history with the fast view (and basic auth's redactor
     skipping its answers); False when off or not possible."""
-    if not enabled():
-        _logger.info("metric history through MLflow's own view (STACK_FAST_METRIC_HISTORY=false)")
+    if not swap_view(flask_app, ENDPOINT, "STACK_FAST_METRIC_HISTORY", make_view, _logger):
         return False
-    original = flask_app.view_functions.get(ENDPOINT)
-    if original is None:
-        _logger.warning("metric history through MLflow's own view: this MLflow has no %s endpoint", ENDPOINT)
-        return False
-    flask_app.view_functions[ENDPOINT] = make_view(original)
     redactor = getattr(auth, "redact_metric_history_model_ids", None)
     if redactor is None or not hasattr(auth, "AFTER_REQUEST_HANDLERS"):
         return True  # an MLflow without it (3.10) parses nothing after the view
