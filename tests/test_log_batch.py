@@ -100,6 +100,24 @@ def post(stack: Stack, user, payload: dict, path: str = LOG_BATCH) -> list:
     return [r.status_code, r.text]
 
 
+def test_a_run_s_metrics_come_back_in_the_order_a_plain_mlflow_gives(stack: Stack, writer: dict) -> None:
+    # The order the first batch named its keys (the trainer's auc_roc first): the
+    # UI's compare view charts a run's first metric.
+    user = writer["user"]
+    keys = ["auc_roc", "precision", "recall", "f1", "accuracy", "log_loss"]
+    batch = [{"key": k, "value": 0.5 + i / 100, "timestamp": 1, "step": 0} for i, k in enumerate(keys)]
+    theirs, ours = new_run(stack, writer), new_run(stack, writer)
+    plain = plain_mlflow.answers(stack, user, [("POST", LOG_BATCH, {"run_id": theirs, "metrics": batch})])
+    assert [post(stack, user, {"run_id": ours, "metrics": batch})] == plain == [[200, "{}"]]
+
+    def order(run_id: str) -> list[str]:
+        r = requests.get(f"{stack.url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, auth=user, timeout=30)
+        assert r.status_code == 200, r.text
+        return [m["key"] for m in r.json()["run"]["data"]["metrics"]]
+
+    assert order(ours) == order(theirs) == keys
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_batches_answer_and_store_what_a_plain_mlflow_does(stack: Stack, writer: dict, seed: int) -> None:
     user = writer["user"]

@@ -50,10 +50,15 @@ def stored_rows(store: SqlAlchemyStore, run_id: str) -> tuple[list, list]:
         db.close()
 
 
+def metric_order(store: SqlAlchemyStore, run_id: str) -> list[str]:
+    """The keys of a run's metrics in the order `get_run` returns them."""
+    return [m.key for m in store.get_run(run_id).data._metric_objs]
+
+
 def fast_write(store: SqlAlchemyStore, run_id: str, metrics: list[Metric]) -> bool:
     db = sqlite3.connect(store.db_uri.removeprefix("sqlite:///"))
     try:
-        return logbatch.write(db, run_id, logbatch.points(metrics), "?")
+        return logbatch.write(db, run_id, logbatch.points(metrics), "?", lock=False)
     finally:
         db.close()
 
@@ -94,6 +99,7 @@ def test_batches_store_what_mlflow_s_store_stores(store: SqlAlchemyStore, seed: 
         store.log_batch(theirs, batch, [], [])
         assert fast_write(store, ours, batch) is True
         assert stored_rows(store, ours) == stored_rows(store, theirs)
+        assert metric_order(store, ours) == metric_order(store, theirs)
     points, last = stored_rows(store, ours)
     assert points and last  # the seed logged something
 
@@ -125,6 +131,61 @@ def test_an_equal_point_in_a_later_batch_keeps_the_stored_latest(store: SqlAlche
             fast_write(store, ours, batch)
     assert stored_rows(store, ours) == stored_rows(store, theirs)
     assert [is_nan for *_, is_nan in stored_rows(store, ours)[1]] == [0, 1]  # "0.0" first, then "nan"
+
+
+def test_new_keys_come_back_in_the_order_the_batch_names_them(store: SqlAlchemyStore) -> None:
+    # The UI's compare view charts a run's first metric: the trainer's auc_roc,
+    # not the alphabet's accuracy.
+    keys = ["auc_roc", "precision", "recall", "f1", "accuracy", "log_loss"]
+    theirs, ours = new_run(store), new_run(store)
+    for batch in ([Metric(k, 0.5, 1, 0) for k in keys], [Metric("z", 1.0, 1, 0), Metric("auc_roc", 0.9, 2, 1)]):
+        store.log_batch(theirs, batch, [], [])
+        fast_write(store, ours, batch)
+    assert metric_order(store, ours) == metric_order(store, theirs) == [*keys, "z"]
+
+
+class Recording:
+    """A DB-API connection that records what `write` sends it."""
+
+    def __init__(self, results: list[list]) -> None:
+        self.sent: list[tuple[str, tuple]] = []
+        self.results = results
+        self.committed = False
+
+    def cursor(self):
+        return self
+
+    def execute(self, sql: str, args) -> None:
+        self.sent.append((sql, tuple(args)))
+
+    def fetchall(self) -> list:
+        return self.results.pop(0)
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_existing_latest_values_are_locked_in_key_order_before_the_upsert() -> None:
+    # Two batches naming the same keys in opposite orders lock them in one
+    # order (no deadlock), as MLflow's SELECT ... ORDER BY key FOR UPDATE does.
+    rows = logbatch.points([Metric("b", 1.0, 1, 1), Metric("c", 1.0, 1, 1), Metric("a", 1.0, 1, 1)])
+    db = Recording([[("active",)], [(*row, None)[:5] for row in rows]])
+    assert logbatch.write(db, "R", rows) is True and db.committed
+    statements = [sql.split(" ")[0] + " " + sql.split(" ")[2] for sql, _ in db.sent]
+    assert statements == ["SELECT FROM", "INSERT metrics", "SELECT FROM", "INSERT latest_metrics"]
+    lock_sql, lock_args = db.sent[2]
+    assert lock_sql.endswith("ORDER BY key FOR UPDATE") and lock_args == ("R", "a", "b", "c")
+    assert [db.sent[3][1][i] for i in (0, 6, 12)] == ["b", "c", "a"]  # new keys: the batch's order
+    # SQLite, which has no FOR UPDATE: no lock statement.
+    db = Recording([[("active",)], [(*row, None)[:5] for row in rows]])
+    logbatch.write(db, "R", rows, "?", lock=False)
+    assert len(db.sent) == 3 and "FOR UPDATE" not in " ".join(sql for sql, _ in db.sent)
 
 
 @pytest.mark.parametrize("stage", ["missing", "deleted"])

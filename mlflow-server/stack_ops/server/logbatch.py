@@ -25,11 +25,15 @@ so bad input gets MLflow's error, word for word), and error handling
 - per key, the run's latest value replaced by the batch's most recent new
   point when it is more recent by (step, timestamp, value), the first of equal
   ones winning, as `_update_latest_metrics_if_necessary` decides it. In SQL it
-  is one upsert whose condition PostgreSQL checks against the row as it stands
-  when the row is locked, in key order, so concurrent batches of one run keep
-  the most recent value, as MLflow's `SELECT ... FOR UPDATE` does.
+  is the run's existing latest values locked in key order (MLflow's
+  `SELECT ... FOR UPDATE ... ORDER BY key`, so concurrent batches of one run
+  do not deadlock), then one upsert whose condition PostgreSQL checks against
+  the row as it stands, so concurrent batches keep the most recent value. New
+  keys are added in the order the batch first names them, as MLflow's store
+  adds them: the order the run's metrics come back in, and the metric the
+  UI's compare view charts first.
 
-It takes one connection, four statements and one commit. A run that does not
+It takes one connection, five statements and one commit. A run that does not
 exist or is not active, a batch with params, tags or logged-model metrics, a
 point that the database refuses (such as a run deleted meanwhile), and any
 store other than MLflow's plain `SqlAlchemyStore` on PostgreSQL go to MLflow's
@@ -72,6 +76,8 @@ UPSERT_LATEST = (
     " WHERE (excluded.step, excluded.timestamp, excluded.value)"
     " > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
 )
+# SQLite (the unit tests) has no row locks: a writer holds the whole database.
+LOCK_LATEST = "SELECT key FROM latest_metrics WHERE run_uuid = {p} AND key IN ({keys}) ORDER BY key FOR UPDATE"
 
 
 def stored(value: float) -> tuple[float, bool]:
@@ -98,14 +104,15 @@ def points(metrics: Iterable) -> list[tuple]:
 def latest(rows: Sequence[tuple]) -> list[tuple]:
     """Per key, the most recent of these rows by (step, timestamp, value), the
     first of equal ones, as MLflow picks a batch's candidate for
-    `latest_metrics`; sorted by key (the order rows are locked in)."""
+    `latest_metrics`; keys in the order the rows first name them (the order
+    MLflow's store adds new keys in)."""
     best: dict[str, tuple] = {}
     for row in rows:
         key, value, timestamp, step, _ = row
         held = best.get(key)
         if held is None or (step, timestamp, value) > (held[3], held[2], held[1]):
             best[key] = row
-    return [best[key] for key in sorted(best)]
+    return list(best.values())
 
 
 def values_clause(count: int, width: int, placeholder: str) -> str:
@@ -113,10 +120,12 @@ def values_clause(count: int, width: int, placeholder: str) -> str:
     return ", ".join([one] * count)
 
 
-def write(connection, run_id: str, rows: Sequence[tuple], placeholder: str = "%s") -> bool:
+def write(connection, run_id: str, rows: Sequence[tuple], placeholder: str = "%s", lock: bool = True) -> bool:
     """Write one batch's rows (from `points`) for an active run in one
     transaction on a DB-API connection; False, with nothing written, when the
-    run does not exist or is not active (MLflow's store then says why)."""
+    run does not exist or is not active (MLflow's store then says why).
+    `lock`: lock the run's existing latest values first (False only for
+    SQLite, which has no `FOR UPDATE`)."""
     cursor = connection.cursor()
     try:
         cursor.execute(ACTIVE_RUN.format(p=placeholder), (run_id,))
@@ -130,6 +139,10 @@ def write(connection, run_id: str, rows: Sequence[tuple], placeholder: str = "%s
             added = {(k, float(v), int(t), int(s), bool(n)) for k, v, t, s, n in cursor.fetchall()}
             candidates = latest([row for row in rows if row in added])
             if candidates:
+                if lock:
+                    keys = sorted({row[0] for row in candidates})
+                    sql = LOCK_LATEST.format(p=placeholder, keys=", ".join([placeholder] * len(keys)))
+                    cursor.execute(sql, (run_id, *keys))
                 flat = [v for row in candidates for v in (*row, run_id)]
                 cursor.execute(UPSERT_LATEST.format(rows=values_clause(len(candidates), 6, placeholder)), flat)
         connection.commit()
@@ -183,11 +196,12 @@ def make_view(original: Callable) -> Callable:
         _validate_batch_log_data(metrics, [], [])
         _validate_batch_log_limits(metrics, [], [])
         rows = points(metrics)
-        placeholder = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"  # the unit tests' SQLite
+        sqlite = store.engine.dialect.name == "sqlite"  # the unit tests'
+        placeholder, lock = ("?", False) if sqlite else ("%s", True)
         for attempt in range(DEADLOCK_RETRIES + 1):
             connection = store.engine.raw_connection()
             try:
-                return write(connection, run_id, rows, placeholder)
+                return write(connection, run_id, rows, placeholder, lock)
             except psycopg2.errors.DeadlockDetected as e:
                 if attempt >= DEADLOCK_RETRIES:
                     raise MlflowException(message=str(e), error_code=TEMPORARILY_UNAVAILABLE) from e
