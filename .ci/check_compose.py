@@ -38,7 +38,7 @@ EXTERNAL_ENV = {
 MLFLOW_SERVICES = ("bucket", "migrate", "accounts", "mlflow-server", "gc")
 MINIO_WARNING = "MINIO_UNFIXED_CVE_2025_62506_ACCEPTED"  # named in compose's "variable is not set" warning
 SECRETS_READ = ("/run/secrets/s3_access_key", "/run/secrets/s3_secret_key")
-ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer", "ops", "tls"}
+ONE_SHOT = {"secrets", "bucket", "migrate", "accounts", "trainer", "ops", "tls", "ui"}
 # Volumes holding private keys: only the `tls` job (and nginx, its own key) mount them.
 TLS_PRIVATE = {"tls-ca": {"tls"}, "tls": {"tls", "nginx"}}
 EXACT_TAG = re.compile(r"^[\w./-]+(:[\w][\w.-]*)$")

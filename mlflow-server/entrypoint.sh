@@ -7,6 +7,7 @@
 #             migrate   create or upgrade the tracking and auth schemas (one-shot)
 #             accounts  ensure the service accounts (the trainer's) exist (one-shot)
 #             tls       prepare nginx's HTTPS certificate (TLS variant, one-shot)
+#             ui        copy MLflow's UI bundle for nginx to serve (one-shot)
 #             gc        purge deleted runs past retention, on a schedule
 #             nginx_metrics  nginx's stub_status as Prometheus metrics
 #                       (compose.monitoring.yaml's nginx-exporter)
@@ -18,7 +19,7 @@ set -eu
 cmd=${1:-serve}
 case "$cmd" in
   serve|health) role=server ;;
-  secrets|bucket|migrate|accounts|tls|gc|nginx_metrics) role=jobs ;;
+  secrets|bucket|migrate|accounts|tls|ui|gc|nginx_metrics) role=jobs ;;
   users|objects|kek) role=commands ;;
   *) exec "$@" ;;
 esac

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_RUNNING = ("postgres", "mlflow-server", "nginx", "gc")
-ONE_SHOT = ("secrets", "bucket", "migrate", "accounts")
+ONE_SHOT = ("secrets", "bucket", "migrate", "accounts", "ui")
 
 
 class ComposeError(RuntimeError):

@@ -559,7 +559,7 @@ TLS_JOB_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
 
 def inspect(stack: Stack, every: bool = False) -> dict[str, dict]:
     """Each service's container as `docker inspect` sees it; with every=True
-    the exited one-shot jobs too (secrets, bucket, migrate, accounts, trainer)."""
+    the exited one-shot jobs too (secrets, bucket, migrate, accounts, ui, trainer)."""
     ids = stack.compose("ps", "-q", *(["--all"] if every else [])).stdout.split()
     info = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout)
     return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in info}
@@ -568,7 +568,7 @@ def inspect(stack: Stack, every: bool = False) -> dict[str, dict]:
 def test_containers_run_without_privileges(stack: Stack) -> None:
     containers = inspect(stack, every=True)
     assert {"postgres", "mlflow-server", "nginx", "gc", "s3"} <= set(containers)
-    assert {"secrets", "bucket", "migrate", "accounts", "trainer"} <= set(containers)  # one-shot jobs too
+    assert {"secrets", "bucket", "migrate", "accounts", "ui", "trainer"} <= set(containers)  # one-shot jobs too
     root_allowed = ROOT_ALLOWED_MINIO if stack.s3_store == "minio" else set()
     for service, c in containers.items():
         host = c["HostConfig"]

@@ -6,14 +6,18 @@ of the trainer's experiment, a run with its params, metrics and ROC figure,
 the comparison chart and the registered model with its `champion` alias,
 and the traces tab of an experiment with a trace logged by `@mlflow.trace`.
 Every page must load without a console error or a failed request.
-Screenshots go to tests/.artifacts/ui/; with MLFLOW_UI_SCREENSHOT_DOCS=1 the
+The UI's bundle comes from nginx's disk (the `ui` job's copy), byte for byte
+what MLflow serves, compressed once. Screenshots go to tests/.artifacts/ui/; with MLFLOW_UI_SCREENSHOT_DOCS=1 the
 runs view is also written to docs/img/ui-runs.png (scripts/screenshot).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,3 +241,55 @@ def test_traces_tab_shows_a_trace(ui: UI, traced: tuple[str, str, str]) -> None:
         screenshot(page, "trace")
 
     ui(check)
+
+
+# --- the UI bundle, from nginx's disk -----------------------------------------
+
+
+def mlflow_bundle_sha256(stack: Stack, rel: str) -> str:
+    """sha256 of a bundle file as MLflow itself holds it, in the server's image."""
+    code = (
+        "import hashlib, importlib.util, pathlib; "
+        "root = pathlib.Path(importlib.util.find_spec('mlflow').origin).parent / 'server/js/build'; "
+        f"print(hashlib.sha256((root / {rel!r}).read_bytes()).hexdigest())"
+    )
+    return stack.python_in("mlflow-server", code).strip()
+
+
+def test_the_ui_bundle_comes_from_nginx_s_disk_as_mlflow_s_bytes_compressed_once(stack: Stack, admin) -> None:
+    index = requests.get(f"{stack.url}/", auth=admin, timeout=30)
+    assert index.status_code == 200
+    main_js = re.search(r"static-files/(static/js/main\.[0-9a-f]+\.js)", index.text)
+    assert main_js, index.text[:500]
+    rel = main_js.group(1)
+    url = f"{stack.url}/static-files/{rel}"
+    want = mlflow_bundle_sha256(stack, rel)
+
+    packed = requests.get(url, auth=admin, headers={"Accept-Encoding": "gzip"}, timeout=60, stream=True)
+    assert packed.status_code == 200 and packed.headers["Content-Encoding"] == "gzip"
+    body = packed.raw.read()
+    assert hashlib.sha256(gzip.decompress(body)).hexdigest() == want
+    assert packed.headers["Cache-Control"] == "max-age=2419200"  # MLflow's own max-age
+    # nginx's ETag for a file: its modification time and size, here the .gz
+    # copy's in the mlflow-ui volume. MLflow's own ETag has another shape.
+    stat = stack.compose(
+        "exec", "-T", "nginx", "stat", "-L", "-c", "%Y %s", f"/srv/mlflow-ui/current/static-files/{rel}.gz"
+    ).stdout.split()
+    mtime, size = int(stat[0]), int(stat[1])
+    assert size == len(body)
+    assert packed.headers["ETag"] == f'"{mtime:x}-{size:x}"'
+
+    plain = requests.get(url, auth=admin, headers={"Accept-Encoding": "identity"}, timeout=60)
+    assert plain.status_code == 200 and "Content-Encoding" not in plain.headers
+    assert hashlib.sha256(plain.content).hexdigest() == want
+    assert len(body) * 2 < len(plain.content)
+
+    stranger = requests.get(url, headers={"Accept-Encoding": "gzip"}, timeout=30)
+    assert stranger.status_code == 401 and len(stranger.content) < 1000
+
+    # A file the bundle does not hold: MLflow's answer, not nginx's disk.
+    missing = requests.get(f"{stack.url}/static-files/static/js/main.0000.js", auth=admin, timeout=30)
+    assert missing.status_code == 404
+    for path in ("/static-files/../../../../etc/passwd", "/static-files/%2e%2e/%2e%2e/%2e%2e/etc/passwd"):
+        r = requests.get(stack.url + path, auth=admin, timeout=30)
+        assert "root:" not in r.text, path

@@ -366,8 +366,17 @@ def test_nginx_gets_the_stacks_config_with_cluster_names(rendered: Rendered) -> 
     nginx = rendered.get("Deployment", "nginx")
     c = containers(nginx)[0]
     assert c["args"][:2] == ["-c", "/etc/nginx/stack/nginx.conf"]
-    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/etc/nginx/stack", "/tmp"}
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/etc/nginx/stack", "/tmp", "/srv/mlflow-ui"}
     assert int(c["securityContext"]["runAsUser"]) == 101
+    # MLflow's UI bundle: the stack's `ui` job as an init container fills the
+    # pod's volume, which nginx serves read-only (nginx/locations.conf).
+    (ui,) = pod_template(nginx)["spec"]["initContainers"]
+    assert ui["args"] == ["ui"] and ui["image"] == containers(rendered.get("Deployment", "server"))[-1]["image"]
+    assert int(ui["securityContext"]["runAsUser"]) == 10001
+    assert [(m["name"], m["mountPath"]) for m in ui["volumeMounts"]] == [("ui", "/ui")]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/srv/mlflow-ui"]
+    assert mount["name"] == "ui" and mount["readOnly"] is True
+    assert "root /srv/mlflow-ui/current;" in config["locations.conf"]
 
 
 def test_the_server_gets_every_secret_it_refuses_to_start_without(rendered: Rendered) -> None:
