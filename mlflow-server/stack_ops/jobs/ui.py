@@ -159,7 +159,9 @@ def publish(version: str, build: Path, root: Path) -> tuple[str, bool, list[str]
         written = True
     if before != key:
         point_current(root, key)
-    keep = {key} | ({before} if before and before != key and (root / before / DONE).is_file() else set())
+    keep = {key}
+    if before and (root / before / DONE).is_file():
+        keep.add(before)  # for pages opened before this bundle
     return key, written, prune(root, keep)
 
 
