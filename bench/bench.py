@@ -66,7 +66,18 @@ SIZES = {
         "artifact_rounds": 1,
     },
 }
-WORKLOADS = ("logging", "search", "ui", "artifacts", "parallel", "runs_load", "upload", "startup", "footprint")
+WORKLOADS = (
+    "logging",
+    "search",
+    "ui",
+    "artifacts",
+    "parallel",
+    "runs_load",
+    "upload",
+    "startup",
+    "footprint",
+    "own_memory",
+)
 
 
 def say(msg: str) -> None:
@@ -109,6 +120,34 @@ def memory_bytes(container_id: str) -> dict[str, int]:
             n = int(float(value[: -len(unit)]) * mult)
             return {"stats": n, "anon": n}
     return {"stats": 0, "anon": 0}
+
+
+def cgroup_dir(container_id: str) -> Path | None:
+    """The container's memory cgroup on the host (cgroup v1 or v2), or None."""
+    full = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", container_id], capture_output=True, text=True
+    ).stdout.strip()
+    for base in (Path("/sys/fs/cgroup/memory/docker") / full, Path(f"/sys/fs/cgroup/system.slice/docker-{full}.scope")):
+        if (base / "memory.stat").exists():
+            return base
+    return None
+
+
+def drop_file_cache(container_id: str) -> bool:
+    """Ask the kernel to reclaim what it can of the container's memory: its
+    file cache (cgroup v2 memory.reclaim, v1 memory.force_empty). The
+    processes' own memory stays (there is no swap to put it in). Needs root
+    on the host; False when the kernel or the user can't."""
+    base = cgroup_dir(container_id)
+    if base is None:
+        return False
+    for name, value in (("memory.reclaim", str(64 << 30)), ("memory.force_empty", "0")):
+        try:
+            (base / name).write_text(value)
+            return True
+        except OSError:
+            continue  # absent (other cgroup version, older kernel), or the limit was reached first
+    return False
 
 
 def cpu_ns(container_id: str) -> int:
@@ -296,6 +335,54 @@ def big_upload(c: Bench, mib: int) -> dict:
         "memory_nginx": memory["nginx"],
         "disk": disk,
     }
+
+
+def own_memory(c: Bench, size: dict, seeded: dict) -> dict:
+    """The stack's memory after its own share of the load alone. In the full
+    run the baseline shares the stack's PostgreSQL and S3 store, so their
+    file cache after the load also holds the baseline's tables, WAL and
+    artifacts, and the direct-S3 transfers' objects, and PostgreSQL keeps the
+    baseline's connections. Here the baseline stops, the stack's containers'
+    file cache is dropped, the stack's half of the workloads runs again
+    (logging, search and history, artifacts, parallel downloads, the model
+    load and the big upload), and memory is read at the same point as the
+    full run's footprint."""
+    c.compose("stop", "baseline")
+    running = [x for x in c.containers() if x.get("State") == "running" and x["Service"] != "baseline"]
+    dropped = {x["Name"]: drop_file_cache(x["ID"]) for x in running}  # every replica of mlflow-server
+    emptied = memory_by_service(c)
+    done = ", ".join(name for name, ok in dropped.items() if ok) or "none"
+    say(f"own memory: baseline stopped, file cache dropped in {done}")
+    do_logging(c, size, ("stack",))
+    do_search(c, size, ("stack",), seeded)
+    do_artifacts(c, size, ("stack",))
+    do_parallel(c, size, ("stack",))
+    say("runs:/ model load, stack")
+    c.load("runs-load", "stack")
+    big_upload(c, size["big_upload_mib"])
+    mem = memory_by_service(c)
+    total = sum(m["stats"] for m in mem.values())
+    say(f"  stack after its own load: {total / (1 << 30):.2f} GiB")
+    return {
+        "cache_dropped": dropped,
+        "emptied": {svc: m["stats"] for svc, m in emptied.items()},
+        "after_load": {svc: m["stats"] for svc, m in mem.items()},
+        "after_load_anon": {svc: m["anon"] for svc, m in mem.items()},
+        "stack_total_after_load": total,
+        "stack_anon_after_load": sum(m["anon"] for m in mem.values()),
+    }
+
+
+def git_commit() -> str:
+    """The checkout's commit, with `+changes` when files differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    return commit or "unknown"
 
 
 def machine() -> dict:
@@ -736,6 +823,7 @@ def run(a: argparse.Namespace) -> int:
         "levers": levers,
         "started": stamp,
         "project": c.project,
+        "commit": git_commit(),
         "machine": machine(),
     }
     say(f"{mode} run, project {c.project}, workloads {', '.join(w for w in WORKLOADS if w in only)}")
@@ -783,6 +871,9 @@ def run(a: argparse.Namespace) -> int:
         anon = {svc: m["anon"] for svc, m in mem.items()}
         r["footprint"]["after_load_anon"] = anon
         r["footprint"]["stack_anon_after_load"] = sum(v for k, v in anon.items() if k != "baseline")
+
+        if "own_memory" in only and "baseline_after_load" in r["footprint"] and not a.matrix:
+            r["footprint"]["own_load"] = own_memory(c, size, seeded)
 
         if "startup" in only:
             say("restart: stop everything, up --wait again (data kept)")
@@ -955,6 +1046,16 @@ def table(r: dict) -> str:
                     "",
                 )
             )
+        own = fp.get("own_load")
+        if own:
+            label = "idle memory MiB, after the stack's own load alone"
+            if not all(own["cache_dropped"].values()):
+                label += " (file cache not dropped: not root?)"
+            rows.append((label, "", round(own["stack_total_after_load"] / mib), ""))
+            for svc, v in own["after_load"].items():
+                rows.append((f"  {svc}", "", round(v / mib), ""))
+            anon = round(own["stack_anon_after_load"] / mib)
+            rows.append(("  of which processes (anon), not file cache", "", anon, ""))
     w = max(len(x[0]) for x in rows) + 2
     lines.append(f"{'measure':<{w}}{'baseline':>14}{'stack':>18}{'ratio':>8}")
     for name, b, s, q in rows:
