@@ -143,13 +143,15 @@ def drop_file_cache(container_id: str) -> bool:
     if base is None:
         return False
     for name, value in (("memory.reclaim", str(64 << 30)), ("memory.force_empty", "0")):
+        if not (base / name).exists():
+            continue  # the other cgroup version, or a kernel older than the file
         try:
             (base / name).write_text(value)
             return True
         except OSError as e:
             if e.errno == errno.EAGAIN:  # memory.reclaim: it took all it could, less than asked
                 return True
-            continue  # absent (the other cgroup version, an older kernel) or not allowed
+            return False  # not allowed: not root
     return False
 
 
