@@ -96,21 +96,28 @@ class Bench(Stack):
         return self.up(*services, timeout=600)
 
 
-def memory_bytes(container_id: str) -> dict[str, int]:
-    """What `docker stats` shows (usage minus inactive file cache) and the
-    anonymous memory (the processes' own heap), from the container's cgroup."""
+def cgroup_dir(container_id: str) -> Path | None:
+    """The container's memory cgroup on the host (cgroup v1 or v2), or None."""
     full = subprocess.run(
         ["docker", "inspect", "--format", "{{.Id}}", container_id], capture_output=True, text=True
     ).stdout.strip()
     for base in (Path("/sys/fs/cgroup/memory/docker") / full, Path(f"/sys/fs/cgroup/system.slice/docker-{full}.scope")):
-        stat_file = base / "memory.stat"
-        if stat_file.exists():
-            stat = dict(line.split() for line in stat_file.read_text().splitlines())
-            if (base / "memory.usage_in_bytes").exists():  # cgroup v1
-                usage = int((base / "memory.usage_in_bytes").read_text())
-                return {"stats": usage - int(stat.get("total_inactive_file", 0)), "anon": int(stat.get("total_rss", 0))}
-            usage = int((base / "memory.current").read_text())
-            return {"stats": usage - int(stat.get("inactive_file", 0)), "anon": int(stat.get("anon", 0))}
+        if (base / "memory.stat").exists():
+            return base
+    return None
+
+
+def memory_bytes(container_id: str) -> dict[str, int]:
+    """What `docker stats` shows (usage minus inactive file cache) and the
+    anonymous memory (the processes' own heap), from the container's cgroup."""
+    base = cgroup_dir(container_id)
+    if base is not None:
+        stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
+        if (base / "memory.usage_in_bytes").exists():  # cgroup v1
+            usage = int((base / "memory.usage_in_bytes").read_text())
+            return {"stats": usage - int(stat.get("total_inactive_file", 0)), "anon": int(stat.get("total_rss", 0))}
+        usage = int((base / "memory.current").read_text())
+        return {"stats": usage - int(stat.get("inactive_file", 0)), "anon": int(stat.get("anon", 0))}
     out = subprocess.run(
         ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container_id], capture_output=True, text=True
     ).stdout
@@ -121,17 +128,6 @@ def memory_bytes(container_id: str) -> dict[str, int]:
             n = int(float(value[: -len(unit)]) * mult)
             return {"stats": n, "anon": n}
     return {"stats": 0, "anon": 0}
-
-
-def cgroup_dir(container_id: str) -> Path | None:
-    """The container's memory cgroup on the host (cgroup v1 or v2), or None."""
-    full = subprocess.run(
-        ["docker", "inspect", "--format", "{{.Id}}", container_id], capture_output=True, text=True
-    ).stdout.strip()
-    for base in (Path("/sys/fs/cgroup/memory/docker") / full, Path(f"/sys/fs/cgroup/system.slice/docker-{full}.scope")):
-        if (base / "memory.stat").exists():
-            return base
-    return None
 
 
 def drop_file_cache(container_id: str) -> bool:
