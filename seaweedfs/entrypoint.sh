@@ -17,9 +17,20 @@ fail() {
 if [ -e /data/.minio.sys ]; then
   fail "the s3-data volume holds MinIO's data. Keep MinIO: set S3_STORE=minio in .env. Or move it to SeaweedFS: scripts/migrate-store (docs/operations.md)."
 fi
+# Docker's DNS answers a container on this network at once, and sends any
+# other name on to the host's resolvers. On a host whose resolvers do not
+# answer (an offline machine) that took 20 s per name, 40 s of every start:
+# a neighbour answers well within 2 s, so a lookup that takes longer means none.
+lookup() {
+  if command -v timeout >/dev/null 2>&1; then
+    timeout 2 getent hosts "$1"
+  else
+    getent hosts "$1"
+  fi
+}
 if command -v getent >/dev/null 2>&1; then
   for old in minio seaweedfs; do
-    if getent hosts "$old" >/dev/null 2>&1; then
+    if lookup "$old" >/dev/null 2>&1; then
       fail "the old '$old' container still runs on this stack's network, on the same volume. Remove it first: docker compose up -d --remove-orphans"
     fi
   done

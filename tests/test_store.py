@@ -61,6 +61,37 @@ def test_one_setting_picks_the_store() -> None:
     assert sorted(cfg["services"]) == sorted(config("")[0]["services"])
 
 
+def test_the_store_refuses_to_start_beside_an_old_store_container(stack: Stack) -> None:
+    """A store container of an older release (service `minio` or `seaweedfs`)
+    still running on the stack's network would serve the same volume: the
+    store must not start beside it, and must say what to do. Without one, the
+    name is not found (the running stack's own store started)."""
+    store = stack.compose("ps", "--quiet", "s3").stdout.strip()
+    image = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Config.Image}}", store], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    old = f"{stack.project}-old-minio"
+    started = subprocess.run(
+        ["docker", "run", "--detach", "--rm", "--name", old, "--network", f"{stack.project}_backend",
+         "--network-alias", "minio", "--entrypoint", "sleep", image, "300"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        refused = stack.compose("run", "--rm", "--no-deps", "-T", "s3", check=False)
+    finally:
+        subprocess.run(["docker", "rm", "--force", old], capture_output=True)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    assert "the old 'minio' container still runs on this stack's network" in said
+    assert "docker compose up -d --remove-orphans" in said
+    # The stack's own store was left alone: it still answers.
+    assert (
+        stack.compose("exec", "-T", "s3", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9000/healthz").returncode
+        == 0
+    )
+
+
 @pytest.fixture(scope="module")
 def sibling(stack: Stack):
     """A second stack of this checkout, without the trainer."""
