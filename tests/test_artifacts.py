@@ -141,7 +141,7 @@ def test_large_artifact_round_trip_without_s3_credentials(stack: Stack, tracking
 @pytest.mark.slow
 def test_single_put_limit_boundary(stack: Stack, tracking: None, tmp_path: Path) -> None:
     """At the limit (ARTIFACT_DIRECT_MAX_UPLOAD_BYTES: the suite's own stack
-    sets 1 GiB, the default is AWS S3's 5 GiB) an upload goes straight to the
+    sets 128 MiB, the default is AWS S3's 5 GiB) an upload goes straight to the
     store and nothing is spooled on the server; one byte more goes through
     MLflow's proxy (multipart to the store). Both round-trip byte for byte."""
     limit = int(stack.compose("exec", "-T", "mlflow-server", "printenv", "ARTIFACT_DIRECT_MAX_UPLOAD_BYTES").stdout)
