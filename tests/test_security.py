@@ -741,3 +741,33 @@ def test_no_secret_is_on_any_command_line(stack: Stack) -> None:
         if len(value) >= 8 and any(value in line or quote(value, safe="") in line for line in seen)
     )
     assert leaked == [], f"on a command line: {leaked}"
+
+
+def test_mlflow_telemetry_stays_on_the_host(stack: Stack, http: requests.Session) -> None:
+    """MLflow 3 sends usage telemetry to its collector by default; the stack
+    turns it off (docs/security.md#what-leaves-the-host). The server tells the
+    UI not to collect, and drops what a browser posts: `disabled` even for an
+    empty post, which MLflow answers `success` whenever telemetry is on. The
+    trainer, a client, has it off too."""
+    url = f"{stack.url}/ajax-api/3.0/mlflow/ui-telemetry"
+    config = http.get(url, timeout=30)
+    assert config.status_code == 200 and config.json()["disable_ui_telemetry"] is True
+    record = {
+        "event_name": "ui_event",
+        "timestamp_ns": time.time_ns(),
+        "params": {"component": "test"},
+        "installation_id": str(uuid.uuid4()),
+        "session_id": str(uuid.uuid4()),
+    }
+    for body in ({"records": []}, {"records": [record]}):
+        posted = http.post(url, json=body, timeout=30)
+        assert posted.status_code == 200 and posted.json() == {"status": "disabled"}, body
+    trainer = stack.compose("ps", "--all", "--quiet", "trainer").stdout.split()
+    assert trainer, "the suite's stack ran the trainer"
+    env = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Config.Env}}", trainer[0]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in json.loads(env)

@@ -255,6 +255,25 @@ def test_job_execution_runs_on_exactly_one_pod() -> None:
     assert not rendered.of_kind("HorizontalPodAutoscaler")
 
 
+def mlflow_containers(rendered: Rendered) -> list[tuple[str, dict]]:
+    """(workload, container) for every container running the stack's MLflow image."""
+    return [
+        (name_of(w), c)
+        for w in rendered.workloads()
+        for c in containers(w)
+        if "MLFLOW_SERVER_URL" in env_of(c)  # the stack's common settings: the server, its jobs and gc
+    ]
+
+
+def test_mlflow_telemetry_is_off_unless_asked_for(rendered: Rendered) -> None:
+    found = mlflow_containers(rendered)
+    assert any(name.startswith("Deployment/") for name, _ in found)
+    for name, c in found:
+        assert env_of(c)["MLFLOW_DISABLE_TELEMETRY"] == "true", name
+    opted_in = render({"mlflow": {"telemetry": True}}, "telemetry")
+    assert {env_of(c)["MLFLOW_DISABLE_TELEMETRY"] for _, c in mlflow_containers(opted_in)} == {"false"}
+
+
 def test_irsa_means_no_static_s3_keys(renders: dict[str, Rendered]) -> None:
     irsa = renders["irsa"]
     role = "eks.amazonaws.com/role-arn"

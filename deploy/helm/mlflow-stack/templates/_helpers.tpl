@@ -214,6 +214,8 @@ settings only, never a secret (those are files in /run/secrets).
   value: {{ .Values.mlflow.defaultPermission | quote }}
 - name: MLFLOW_AUTH_CACHE_TTL_SECONDS
   value: {{ .Values.mlflow.authCacheTtlSeconds | quote }}
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: {{ (not .Values.mlflow.telemetry) | toString | quote }}
 - name: MLFLOW_AUTH_MAX_FAILURES
   value: {{ .Values.mlflow.authMaxFailures | quote }}
 - name: MLFLOW_AUTH_LOCKOUT_SECONDS
