@@ -762,12 +762,5 @@ def test_mlflow_telemetry_stays_on_the_host(stack: Stack, http: requests.Session
     for body in ({"records": []}, {"records": [record]}):
         posted = http.post(url, json=body, timeout=30)
         assert posted.status_code == 200 and posted.json() == {"status": "disabled"}, body
-    trainer = stack.compose("ps", "--all", "--quiet", "trainer").stdout.split()
-    assert trainer, "the suite's stack ran the trainer"
-    env = subprocess.run(
-        ["docker", "inspect", "--format", "{{json .Config.Env}}", trainer[0]],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "MLFLOW_DISABLE_TELEMETRY=true" in json.loads(env)
+    trainer = inspect(stack, every=True)["trainer"]  # the suite's stack ran it
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in trainer["Config"]["Env"]

@@ -66,10 +66,7 @@ def test_the_store_refuses_to_start_beside_an_old_store_container(stack: Stack) 
     still running on the stack's network would serve the same volume: the
     store must not start beside it, and must say what to do. Without one, the
     name is not found (the running stack's own store started)."""
-    store = stack.compose("ps", "--quiet", "s3").stdout.strip()
-    image = subprocess.run(
-        ["docker", "inspect", "--format", "{{.Config.Image}}", store], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    image = next(c["Image"] for c in stack.containers() if c["Service"] == "s3")
     old = f"{stack.project}-old-minio"
     started = subprocess.run(
         ["docker", "run", "--detach", "--rm", "--name", old, "--network", f"{stack.project}_backend",

@@ -256,12 +256,13 @@ def test_job_execution_runs_on_exactly_one_pod() -> None:
 
 
 def mlflow_containers(rendered: Rendered) -> list[tuple[str, dict]]:
-    """(workload, container) for every container running the stack's MLflow image."""
+    """(workload, container) for every container given the stack's common
+    settings (`mlflow-stack.env`): the server, its jobs and gc."""
     return [
         (name_of(w), c)
         for w in rendered.workloads()
         for c in containers(w)
-        if "MLFLOW_SERVER_URL" in env_of(c)  # the stack's common settings: the server, its jobs and gc
+        if "MLFLOW_SERVER_URL" in env_of(c)  # one of those settings
     ]
 
 
